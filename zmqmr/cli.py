@@ -1,0 +1,277 @@
+"""Command lines of zmqmr-driver, zmqmr-worker, zmqmr-local and zmqmr-status: parsing only.
+
+User mistakes end with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Callable, List, Optional
+
+from . import __version__
+from .errors import UsageError, ZmqmrError
+
+DESCRIPTION = {
+    "zmqmr-driver": "Run a MapReduce job: hand out tasks to zmqmr-worker processes and commit the output.",
+    "zmqmr-worker": "Take tasks from a zmqmr driver and run them, until the job is over.",
+    "zmqmr-local": "Run a MapReduce job on this machine: a driver and N worker processes in one command.",
+    "zmqmr-status": "Ask a running zmqmr driver about its job, its workers or one task.",
+}
+
+EXAMPLES = {
+    "zmqmr-driver": "example: zmqmr-driver --job myjob.py --input logs/ --output out/ --reducers 4 --port 5555",
+    "zmqmr-worker": "example: zmqmr-worker --driver tcp://driver-host:5555",
+    "zmqmr-local": "example: zmqmr-local --workers 4 --input books/ --output counts/   (built-in word count)",
+    "zmqmr-status": "example: zmqmr-status tcp://localhost:5555 --task map 3",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser(prog: str) -> Parser:
+    parser = Parser(prog=prog, description=DESCRIPTION[prog], epilog=EXAMPLES[prog],
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _number(kind: type, low: float, what: str) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not value >= low or value != value:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, "a whole number of at least 1")
+port_number = _number(int, 0, "a port number")
+positive_seconds = _number(float, 0.001, "a positive number of seconds")
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log every task assignment and finish")
+    group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+
+def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None:
+    job = parser.add_argument_group("job")
+    job.add_argument("--job", help="a job file (.py) or an importable module name; "
+                                   "without it, the built-in word count runs")
+    job.add_argument("--input", "-i", "--i_path", dest="input", nargs="+", required=True, metavar="PATH",
+                     help="input files and directories (directories are read recursively; .gz is decompressed)")
+    job.add_argument("--output", "-o", "--o_path", dest="output", required=True, metavar="DIR",
+                     help="output directory; must not exist or be empty (see --force)")
+    job.add_argument("--force", action="store_true",
+                     help="replace zmqmr's earlier output in a non-empty output directory")
+    job.add_argument("--mappers", type=positive_int, metavar="N",
+                     help="number of map tasks (default: one per 64 MB, at least one per file)")
+    job.add_argument("--reducers", type=positive_int, default=1, metavar="N", help="number of reduce tasks")
+    job.add_argument("--work-dir", "--m_path", dest="work_dir", metavar="DIR",
+                     help="directory for intermediate files, shared by all workers "
+                          "(default: each worker's own temporary directory)")
+    job.add_argument("--encoding", default="utf-8", help="text encoding of the input")
+    job.add_argument("--encoding-errors", default="strict",
+                     help="what to do with undecodable input bytes: strict (fail), replace, ignore, ...")
+    net = parser.add_argument_group("network and fault tolerance")
+    net.add_argument("--port", type=port_number, default=default_port,
+                     help="TCP port the driver listens on (0: any free port)")
+    net.add_argument("--bind-host", default="127.0.0.1",
+                     help="address the driver listens on; 0.0.0.0 for workers on other hosts")
+    net.add_argument("--heartbeat-interval", type=positive_seconds, default=1.0, metavar="SECONDS",
+                     help="how often workers report while busy")
+    net.add_argument("--worker-timeout", type=positive_seconds, default=5.0, metavar="SECONDS",
+                     help="silence after which a worker is lost and its tasks run elsewhere")
+    net.add_argument("--max-attempts", type=positive_int, default=4, metavar="N",
+                     help="failed attempts of one task before the job fails")
+    net.add_argument("--max-worker-losses", type=positive_int, default=8, metavar="N",
+                     help="times one task may lose its worker before the job fails")
+    _add_logging(parser)
+
+
+def _setup_logging(args: argparse.Namespace, name: str, default: int = logging.INFO) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("zmqmr")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _terminate_on_sigterm() -> None:
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _main(prog: str, body: Callable[[Optional[List[str]]], int], argv: Optional[List[str]]) -> int:
+    _terminate_on_sigterm()
+    try:
+        return body(argv)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except ZmqmrError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+# --- zmqmr-driver and zmqmr-local ----------------------------------------------------------
+
+
+def _plan(args: argparse.Namespace):
+    from .driver import JobPlan
+    from .inputs import expand_inputs, plan_splits
+    from .job import load_job, spec_for
+
+    try:
+        codecs.lookup(args.encoding)
+        codecs.lookup_error(args.encoding_errors)
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
+    spec = spec_for(args.job, args.encoding, args.encoding_errors)
+    load_job(spec)  # a broken job fails here, before any worker is involved
+    files = expand_inputs(args.input)
+    work_dir = os.path.abspath(args.work_dir) if args.work_dir else ""
+    return JobPlan(job=spec, inputs=files, splits=plan_splits(files, args.mappers), reducers=args.reducers,
+                   output=args.output, force=args.force, work_dir=work_dir)
+
+
+def _driver_settings(args: argparse.Namespace):
+    from .driver import DriverSettings
+    from .scheduler import SchedulerConfig
+
+    config = SchedulerConfig(worker_timeout=args.worker_timeout, max_attempts=args.max_attempts,
+                             max_worker_losses=args.max_worker_losses,
+                             exit_grace=max(2.0, 3 * args.heartbeat_interval))
+    return DriverSettings(bind_host=args.bind_host, port=args.port, heartbeat_interval=args.heartbeat_interval,
+                          scheduler=config)
+
+
+def _driver(argv: Optional[List[str]]) -> int:
+    from .driver import Driver
+
+    parser = _parser("zmqmr-driver")
+    _add_job_options(parser, default_port=5555)
+    args = parser.parse_args(argv)
+    _setup_logging(args, "driver")
+    return Driver(_plan(args), _driver_settings(args)).run()
+
+
+def _local(argv: Optional[List[str]]) -> int:
+    from .local import run_local
+
+    parser = _parser("zmqmr-local")
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+                        help="number of worker processes")
+    _add_job_options(parser, default_port=0)
+    args = parser.parse_args(argv)
+    _setup_logging(args, "driver")
+    return run_local(_plan(args), _driver_settings(args), args.workers, verbose=args.verbose)
+
+
+# --- zmqmr-worker ------------------------------------------------------------------------------
+
+
+def _worker(argv: Optional[List[str]]) -> int:
+    from .procutil import die_with_parent
+    from .worker import Worker, WorkerSettings
+
+    parser = _parser("zmqmr-worker")
+    parser.add_argument("--driver", required=True, metavar="ENDPOINT",
+                        help="the driver's address, such as tcp://driver-host:5555")
+    parser.add_argument("--name", help="this worker's name (default: HOST-PID); "
+                                       "a restarted worker may reuse its name")
+    parser.add_argument("--work-dir", metavar="DIR",
+                        help="directory for map output (default: the driver's --work-dir, "
+                             "else a fresh temporary directory)")
+    parser.add_argument("--heartbeat-interval", type=positive_seconds, metavar="SECONDS",
+                        help="how often to report while busy (default: the driver's setting)")
+    parser.add_argument("--driver-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+                        help="exit with an error after this long without a word from the driver")
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    _add_logging(parser)
+    args = parser.parse_args(argv)
+    if not args.driver.startswith(("tcp://", "ipc://", "inproc://")):
+        parser.error(f"--driver {args.driver!r} is not a ZeroMQ endpoint such as tcp://host:5555")
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    settings = WorkerSettings(driver=args.driver, name=args.name, work_dir=args.work_dir,
+                              heartbeat_interval=args.heartbeat_interval, driver_timeout=args.driver_timeout)
+    worker = Worker(settings)
+    _setup_logging(args, worker.name, logging.WARNING if args.parent_pid else logging.INFO)
+    return worker.run()
+
+
+# --- zmqmr-status ------------------------------------------------------------------------------
+
+
+def _status(argv: Optional[List[str]]) -> int:
+    from . import status
+
+    parser = _parser("zmqmr-status")
+    parser.add_argument("endpoint", help="the driver's address, such as tcp://localhost:5555")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--task", nargs=2, metavar=("KIND", "INDEX"), help="one task, e.g. --task map 3")
+    what.add_argument("--workers", action="store_true", help="only the workers")
+    what.add_argument("--tasks", action="store_true", help="every task")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--timeout", type=positive_seconds, default=5.0, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    if args.task:
+        kind, index = args.task
+        if kind not in ("map", "reduce") or not index.isdigit():
+            parser.error("--task takes a kind (map or reduce) and a task number")
+        replies = {"task": status.query(args.endpoint, "task", kind, int(index), args.timeout)}
+    elif args.workers:
+        replies = {"workers": status.query(args.endpoint, "workers", timeout=args.timeout)}
+    elif args.tasks:
+        replies = {"tasks": status.query(args.endpoint, "tasks", timeout=args.timeout)}
+    else:
+        replies = {"job": status.query(args.endpoint, "job", timeout=args.timeout),
+                   "workers": status.query(args.endpoint, "workers", timeout=args.timeout)}
+    if args.json:
+        print(json.dumps(replies if len(replies) > 1 else next(iter(replies.values())), indent=2))
+        return 0
+    formatters = {"job": status.format_job, "workers": status.format_workers, "task": status.format_task,
+                  "tasks": status.format_tasks}
+    print("\n\n".join(formatters[name](data) for name, data in replies.items()))
+    return 0
+
+
+def driver_main(argv: Optional[List[str]] = None) -> int:
+    return _main("zmqmr-driver", _driver, argv)
+
+
+def worker_main(argv: Optional[List[str]] = None) -> int:
+    return _main("zmqmr-worker", _worker, argv)
+
+
+def local_main(argv: Optional[List[str]] = None) -> int:
+    return _main("zmqmr-local", _local, argv)
+
+
+def status_main(argv: Optional[List[str]] = None) -> int:
+    return _main("zmqmr-status", _status, argv)
+
+
+COMMANDS = {"driver": driver_main, "worker": worker_main, "local": local_main, "status": status_main}

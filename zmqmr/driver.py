@@ -1,0 +1,295 @@
+"""The driver: a ROUTER socket and one poll loop around the Scheduler.
+
+The loop decodes and validates, hands typed messages to the scheduler, carries out the
+actions it returns, and sleeps until the scheduler's next deadline. Nothing here
+decides what happens to a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import zmq
+
+from . import protocol
+from .errors import OutputError, ProtocolError
+from .inputs import InputFile
+from .output import OutputDir
+from .scheduler import (MAP, REDUCE, Assign, CommitOutput, Greet, JobFailure, JobFinished, Scheduler,
+                        SchedulerConfig, Send)
+
+log = logging.getLogger("zmqmr.driver")
+
+MAX_MESSAGES_PER_ROUND = 1000
+MAX_POLL_SECONDS = 1.0
+BAD_MESSAGE_LOG_INTERVAL = 10.0
+
+
+@dataclass
+class JobPlan:
+    """Everything decided before the first worker arrives."""
+
+    job: protocol.JobSpec
+    inputs: Sequence[InputFile]
+    splits: Sequence[Tuple[protocol.Segment, ...]]
+    reducers: int
+    output: str
+    force: bool = False
+    work_dir: str = ""
+    job_id: str = field(default_factory=lambda: secrets.token_hex(6))
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    bind_host: str = "127.0.0.1"
+    port: int = 5555
+    heartbeat_interval: float = 1.0
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+
+class BadMessageLog:
+    """Counts dropped messages by reason and logs them at a limited rate."""
+
+    def __init__(self):
+        self.counts: Dict[str, int] = {}
+        self.unlogged = 0
+        self.last_logged = float("-inf")
+
+    def record(self, reason: str, detail: str, now: float) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.unlogged += 1
+        if now - self.last_logged >= BAD_MESSAGE_LOG_INTERVAL:
+            log.warning("dropped %d bad message(s); latest: %s (totals: %s)", self.unlogged, detail, self.counts)
+            self.unlogged = 0
+            self.last_logged = now
+
+
+class Driver:
+    def __init__(self, plan: JobPlan, settings: DriverSettings = DriverSettings()):
+        self.plan = plan
+        self.settings = settings
+        self.scheduler = Scheduler(len(plan.splits), plan.reducers, settings.scheduler)
+        self.output = OutputDir(plan.output, plan.job_id)
+        self.routes: Dict[str, bytes] = {}
+        self.bad = BadMessageLog()
+        self.reduce_inputs: Optional[List[List[str]]] = None
+        self.failure: Optional[JobFailure] = None
+        self.succeeded = False
+        self.welcome_frame = protocol.encode(protocol.Welcome(
+            job_id=plan.job_id, job=plan.job, reducers=plan.reducers,
+            heartbeat_interval=settings.heartbeat_interval, work_dir=plan.work_dir,
+        ))
+        self.context: Optional[zmq.Context] = None
+        self.sock = None
+        self.endpoint = ""
+
+    def bind(self) -> str:
+        """Prepare the output and bind the socket; port 0 picks a free port. Returns the endpoint."""
+        self.output.prepare(self.plan.force, [f.path for f in self.plan.inputs])
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        host = self.settings.bind_host
+        address = f"[{host}]" if ":" in host else host
+        try:
+            if self.settings.port == 0:
+                self.sock.bind(f"tcp://{address}:*")
+            else:
+                self.sock.bind(f"tcp://{address}:{self.settings.port}")
+        except zmq.ZMQError as exc:
+            self.close()
+            self.output.abort()
+            raise OutputError(f"cannot listen on {host}:{self.settings.port}: {exc}") from None
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def run(self) -> int:
+        """Run the job to its end; 0 when it succeeded, 1 when it failed."""
+        if self.sock is None:
+            self.bind()
+        log.info("job %s: %d map and %d reduce tasks; listening on %s",
+                 self.plan.job_id, len(self.plan.splits), self.plan.reducers, self.endpoint)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        try:
+            now = time.monotonic()
+            while not self.scheduler.can_stop(now):
+                deadline = self.scheduler.next_deadline()
+                timeout = MAX_POLL_SECONDS if deadline is None else min(max(deadline - now, 0.0), MAX_POLL_SECONDS)
+                if poller.poll(timeout * 1000):
+                    self._drain()
+                now = time.monotonic()
+                self._carry_out(self.scheduler.on_tick(now), now)
+                self._forget_routes()
+        finally:
+            if not self.succeeded:
+                self.output.abort()
+            self._remove_intermediate()
+            self.close()
+        return 0 if self.succeeded else 1
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+        if self.context is not None:
+            self.context.term()
+            self.context = None
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        for _ in range(MAX_MESSAGES_PER_ROUND):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_frames(frames, time.monotonic())
+
+    def _on_frames(self, frames: List[bytes], now: float) -> None:
+        if len(frames) != 2:
+            self.bad.record("frames", f"{len(frames)} frames", now)
+            return
+        route, body = frames
+        try:
+            message = protocol.decode(body, protocol.TO_DRIVER)
+        except ProtocolError as exc:
+            self.bad.record(exc.reason, str(exc), now)
+            if exc.reason == "version":
+                self._refuse_other_version(route, body)
+            return
+        if isinstance(message, protocol.StatusQuery):
+            self._send_frame(route, protocol.encode(self._status(message, now)))
+            return
+        actions = self.scheduler.on_message(message, now)
+        self._carry_out(actions, now, sender=(message.worker, route))
+        if message.worker in self.scheduler.workers:
+            self.routes[message.worker] = route
+
+    def _refuse_other_version(self, route: bytes, body: bytes) -> None:
+        _, mtype, _ = protocol.peek_envelope(body)
+        if mtype == "hello":
+            reason = f"protocol version mismatch: this driver speaks version {protocol.PROTOCOL_VERSION}"
+            self._send_frame(route, protocol.encode(protocol.Exit(reason=reason, ok=False)))
+
+    # --- acting ---------------------------------------------------------------------------
+
+    def _carry_out(self, actions, now: float, sender: Tuple[str, bytes] = ("", b"")) -> None:
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
+            if isinstance(action, Send):
+                self._send_to(action.worker, protocol.encode(action.message), sender)
+            elif isinstance(action, Assign):
+                if not self._send_to(action.worker, self._task_frame(action), sender):
+                    pending += self.scheduler.assignment_undeliverable(action.attempt, now)
+            elif isinstance(action, Greet):
+                self._send_to(action.worker, self.welcome_frame, sender)
+            elif isinstance(action, CommitOutput):
+                pending += self._commit(action, now)
+            elif isinstance(action, JobFinished):
+                self._on_finished(action)
+
+    def _send_to(self, worker: str, frame: bytes, sender: Tuple[str, bytes]) -> bool:
+        route = sender[1] if worker == sender[0] else self.routes.get(worker)
+        return route is not None and self._send_frame(route, frame)
+
+    def _send_frame(self, route: bytes, frame: bytes) -> bool:
+        try:
+            self.sock.send_multipart([route, frame], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:  # the peer is gone (ROUTER_MANDATORY) or its queue is full
+            log.debug("could not send to a worker: %s", exc)
+            return False
+
+    def _forget_routes(self) -> None:
+        if len(self.routes) > len(self.scheduler.workers):
+            self.routes = {n: r for n, r in self.routes.items() if n in self.scheduler.workers}
+
+    def _task_frame(self, action: Assign) -> bytes:
+        if action.kind == MAP:
+            task = protocol.Task(job_id=self.plan.job_id, kind=MAP, index=action.index, attempt=action.attempt,
+                                 segments=tuple(self.plan.splits[action.index]))
+        else:
+            task = protocol.Task(job_id=self.plan.job_id, kind=REDUCE, index=action.index, attempt=action.attempt,
+                                 inputs=tuple(self._reduce_inputs()[action.index]),
+                                 output_dir=self.output.temp_dir)
+        return protocol.encode(task)
+
+    def _reduce_inputs(self) -> List[List[str]]:
+        """Map output files per partition; built once, as finished map tasks never change."""
+        if self.reduce_inputs is None:
+            inputs: List[List[str]] = [[] for _ in range(self.plan.reducers)]
+            for index in range(len(self.plan.splits)):
+                for part in self.scheduler.tasks[(MAP, index)].output:
+                    inputs[part.partition].append(part.path)
+            self.reduce_inputs = inputs
+        return self.reduce_inputs
+
+    def _commit(self, action: CommitOutput, now: float):
+        try:
+            self.output.commit(action.reduce_outputs)
+        except (OSError, OutputError) as exc:
+            return self.scheduler.commit_failed(f"could not commit the output: {exc}", now)
+        log.info("output committed to %s", self.output.path)
+        return self.scheduler.output_committed(now)
+
+    def _on_finished(self, action: JobFinished) -> None:
+        self.succeeded = action.ok
+        self.failure = action.failure
+        if action.ok:
+            log.info("job %s succeeded in %.2f s", self.plan.job_id,
+                     (self.scheduler.ended_at or 0) - (self.scheduler.started_at or 0))
+        else:
+            print(failure_report(action.failure, self.plan), file=sys.stderr, flush=True)
+
+    def _remove_intermediate(self) -> None:
+        if self.plan.work_dir:
+            shutil.rmtree(os.path.join(self.plan.work_dir, self.plan.job_id), ignore_errors=True)
+
+    # --- status ---------------------------------------------------------------------------
+
+    def _status(self, query: protocol.StatusQuery, now: float) -> protocol.StatusReply:
+        scheduler = self.scheduler
+        if query.what == "task":
+            data = scheduler.task_status(query.kind, query.index, now)
+            if data is None:
+                return protocol.StatusReply(ok=False, error=f"no {query.kind} task {query.index}")
+            return protocol.StatusReply(ok=True, data=data)
+        if query.what == "workers":
+            return protocol.StatusReply(ok=True, data=scheduler.workers_status(now))
+        if query.what == "tasks":
+            return protocol.StatusReply(ok=True, data=scheduler.tasks_status(now))
+        data = scheduler.job_status(now)
+        data.update(job_id=self.plan.job_id, job=self.plan.job.name, output=self.output.path,
+                    inputs=len(self.plan.inputs), input_bytes=sum(f.size for f in self.plan.inputs))
+        data["dropped_messages"] = {**data["dropped_messages"], **self.bad.counts}
+        return protocol.StatusReply(ok=True, data=data)
+
+
+def failure_report(failure: Optional[JobFailure], plan: JobPlan) -> str:
+    """What the user reads when a job fails: which task, where in the input, and the traceback."""
+    if failure is None:
+        return "zmqmr: job failed"
+    lines = [f"zmqmr: job {plan.job_id} failed: {failure.reason}"]
+    error = failure.error
+    if error is not None:
+        lines.append(f"  error:  {error.kind}: {error.message}")
+        if error.location:
+            lines.append(f"  input:  {error.location}")
+        if error.host:
+            lines.append(f"  host:   {error.host}")
+        if error.traceback:
+            lines.append("")
+            lines += ["  " + line for line in error.traceback.splitlines()]
+    lines.append("no _SUCCESS was written; the output directory holds no partial results")
+    return "\n".join(lines)

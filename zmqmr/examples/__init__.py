@@ -1,0 +1,1 @@
+"""Example jobs shipped with zmqmr; run one with --job zmqmr.examples.NAME."""

@@ -1,0 +1,66 @@
+"""zmqmr-local: a driver in this process and N worker processes, cleaned up however it ends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List
+
+from .driver import Driver, DriverSettings, JobPlan
+
+log = logging.getLogger("zmqmr.local")
+
+WORKER_EXIT_WAIT = 5.0
+
+
+def _package_parent() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_workers(endpoint: str, count: int, verbose: bool = False) -> List[subprocess.Popen]:
+    """Start worker processes that die with this process (zmqmr need not be installed)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_parent(), env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "zmqmr", "worker", "--driver", endpoint, "--parent-pid", str(os.getpid())]
+    if verbose:
+        command.append("-v")
+    return [subprocess.Popen(command + ["--name", f"local-{i}"], env=env, stdin=subprocess.DEVNULL)
+            for i in range(count)]
+
+
+def stop_workers(workers: List[subprocess.Popen], wait: float = WORKER_EXIT_WAIT) -> None:
+    """Give told workers a moment to leave by themselves, then kill the rest."""
+    deadline = time.monotonic() + wait
+    for proc in workers:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in workers:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run_local(plan: JobPlan, settings: DriverSettings, workers: int, verbose: bool = False) -> int:
+    own_work_dir = None
+    if not plan.work_dir:
+        own_work_dir = plan.work_dir = tempfile.mkdtemp(prefix="zmqmr-local-")
+    driver = Driver(plan, settings)
+    procs: List[subprocess.Popen] = []
+    try:
+        endpoint = driver.bind()
+        procs = start_workers(endpoint, workers, verbose)
+        code = driver.run()
+        stop_workers(procs)
+        return code
+    finally:
+        stop_workers(procs, wait=0.0)
+        driver.close()
+        if own_work_dir:
+            shutil.rmtree(own_work_dir, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""The output directory: refusing to clobber, formatting records, committing atomically.
+
+Reducers write under OUTPUT/_temporary/JOB_ID/; only the driver moves files to their
+final names, once every reduce task has finished, and writes _SUCCESS last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any, Iterable, Sequence
+
+from .errors import OutputError
+
+log = logging.getLogger("zmqmr.output")
+
+TEMPORARY = "_temporary"
+SUCCESS = "_SUCCESS"
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def _is_ours(name: str) -> bool:
+    """Files a previous zmqmr run leaves in an output directory."""
+    return name.startswith("part-") or name.startswith("_")
+
+
+def format_value(value: Any) -> str:
+    """Strings and numbers plainly; everything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    raise TypeError(f"cannot write a {type(value).__name__} value")
+
+
+def format_record(key: Any, value: Any) -> str:
+    return f"{format_value(key)}\t{format_value(value)}\n"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OutputDir:
+    def __init__(self, path: str, job_id: str):
+        self.path = os.path.abspath(path)
+        self.job_id = job_id
+        self.temp_root = os.path.join(self.path, TEMPORARY)
+        self.temp_dir = os.path.join(self.temp_root, job_id)
+        self.created = False
+
+    def prepare(self, force: bool, input_paths: Iterable[str]) -> None:
+        """Make the directory ready, or raise OutputError saying why it cannot be used."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise OutputError(f"output {self.path} exists and is not a directory")
+        real = os.path.realpath(self.path)
+        for path in input_paths:
+            if os.path.realpath(path).startswith(real + os.sep):
+                raise OutputError(f"output directory {self.path} contains the input file {path}")
+        if os.path.isdir(self.path):
+            names = sorted(os.listdir(self.path))
+            if names and not force:
+                raise OutputError(
+                    f"output directory {self.path} exists and is not empty "
+                    "(choose another --output, or add --force to replace zmqmr's earlier output)"
+                )
+            self._remove_previous_output(names)
+        else:
+            try:
+                os.makedirs(self.path)
+            except OSError as exc:
+                raise OutputError(f"cannot create output directory {self.path}: {exc.strerror}") from None
+            self.created = True
+        try:
+            os.makedirs(self.temp_dir)
+        except OSError as exc:
+            raise OutputError(f"cannot write to output directory {self.path}: {exc.strerror}") from None
+
+    def _remove_previous_output(self, names: Sequence[str]) -> None:
+        others = [n for n in names if not _is_ours(n)]
+        if others:
+            log.warning("--force: leaving %d file(s) zmqmr did not write in %s, e.g. %s",
+                        len(others), self.path, others[0])
+        for name in names:
+            if _is_ours(name):
+                path = os.path.join(self.path, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+
+    def contains(self, path: str) -> bool:
+        return os.path.realpath(path).startswith(os.path.realpath(self.temp_dir) + os.sep)
+
+    def commit(self, reduce_outputs: Sequence[str]) -> None:
+        """Move each reducer's file to part-NNNNN, then write _SUCCESS, then clean up."""
+        for path in reduce_outputs:
+            if not self.contains(path) or not os.path.isfile(path):
+                raise OutputError(f"reduce output {path} is not a file under {self.temp_dir}")
+        for index, path in enumerate(reduce_outputs):
+            os.replace(path, os.path.join(self.path, part_name(index)))
+        _fsync_dir(self.path)
+        marker = os.path.join(self.path, SUCCESS)
+        with open(marker + ".tmp", "w") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(marker + ".tmp", marker)
+        _fsync_dir(self.path)
+        self.remove_temporary()
+
+    def remove_temporary(self) -> None:
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        try:
+            os.rmdir(self.temp_root)
+        except OSError:
+            pass  # another job's temporary files, or already gone
+
+    def abort(self) -> None:
+        """After a failed job: no partial output stays, and a directory we made goes away."""
+        self.remove_temporary()
+        if self.created:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass

@@ -1,0 +1,511 @@
+"""The driver's brain: task states, workers, liveness and retries, as a pure state machine.
+
+No sockets and no clock: every call takes `now` and returns the actions the driver
+must carry out. That is what lets the tests drive hours of job time in microseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Deque, Dict, List, Optional, Set, Tuple
+
+from . import protocol
+from .protocol import TaskError
+
+log = logging.getLogger("zmqmr.scheduler")
+
+MAP = "map"
+REDUCE = "reduce"
+TaskKey = Tuple[str, int]
+
+
+class TaskState(str, Enum):
+    BLOCKED = "BLOCKED"
+    READY = "READY"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+
+
+class JobState(str, Enum):
+    MAPPING = "MAPPING"
+    REDUCING = "REDUCING"
+    COMMITTING = "COMMITTING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+TERMINAL = (JobState.SUCCEEDED, JobState.FAILED)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    worker_timeout: float = 5.0
+    max_attempts: int = 4
+    max_worker_losses: int = 8
+    retry_after: float = 1.0
+    exit_grace: float = 3.0
+
+
+@dataclass
+class TaskRecord:
+    kind: str
+    index: int
+    state: TaskState
+    attempt: Optional[int] = None
+    worker: Optional[str] = None
+    attempts: int = 0
+    failures: int = 0
+    worker_losses: int = 0
+    output: object = None
+    stats: Optional[protocol.TaskStats] = None
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    last_error: Optional[TaskError] = None
+
+    @property
+    def key(self) -> TaskKey:
+        return (self.kind, self.index)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} task {self.index}"
+
+
+@dataclass
+class WorkerRecord:
+    name: str
+    inc: str
+    host: str
+    pid: int
+    registered_at: float
+    last_seen: float
+    running: Set[int] = field(default_factory=set)
+    waiting: bool = False
+    told_exit: bool = False
+    tasks_done: int = 0
+    tasks_failed: int = 0
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    attempt: int
+    task: TaskKey
+    worker: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    task: TaskKey
+    reason: str
+    error: Optional[TaskError]
+
+
+# --- actions the driver carries out ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    worker: str
+    message: protocol.Message
+
+
+@dataclass(frozen=True)
+class Greet:
+    """Send the job's Welcome to this worker."""
+
+    worker: str
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Send attempt `attempt` of task (`kind`, `index`) to this worker."""
+
+    worker: str
+    kind: str
+    index: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CommitOutput:
+    """Every reduce task is FINISHED: move these files into the output directory."""
+
+    reduce_outputs: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    ok: bool
+    failure: Optional[JobFailure] = None
+
+
+Action = object
+
+
+class Scheduler:
+    """Hands out map tasks, then reduce tasks, and keeps every task in exactly one state."""
+
+    def __init__(self, num_maps: int, num_reduces: int, config: SchedulerConfig = SchedulerConfig()):
+        if num_maps < 1 or num_reduces < 1:
+            raise ValueError("a job needs at least one map and one reduce task")
+        self.config = config
+        self.tasks: Dict[TaskKey, TaskRecord] = {}
+        for i in range(num_maps):
+            self.tasks[(MAP, i)] = TaskRecord(MAP, i, TaskState.READY)
+        for i in range(num_reduces):
+            self.tasks[(REDUCE, i)] = TaskRecord(REDUCE, i, TaskState.BLOCKED)
+        self.num_maps = num_maps
+        self.num_reduces = num_reduces
+        self.ready: Deque[TaskKey] = deque((MAP, i) for i in range(num_maps))
+        self.workers: Dict[str, WorkerRecord] = {}
+        self.attempts: Dict[int, AttemptRecord] = {}
+        self.next_attempt = 1
+        self.finished_counts = Counter()
+        self.state = JobState.MAPPING
+        self.failure: Optional[JobFailure] = None
+        self.exit_deadline: Optional[float] = None
+        self.dropped: Counter = Counter()
+        self.workers_lost = 0
+        self.started_at: Optional[float] = None
+        self.ended_at: Optional[float] = None
+
+    # --- entry points ----------------------------------------------------------------
+
+    def on_message(self, msg: protocol.Message, now: float) -> List[Action]:
+        if self.started_at is None:
+            self.started_at = now
+        if isinstance(msg, protocol.Hello):
+            return self._on_hello(msg, now)
+        worker = self._known_worker(msg, now)
+        if worker is None:
+            if self.state in TERMINAL:
+                return [Send(msg.worker, protocol.Exit(reason="the job is over"))]
+            self.dropped["unknown_worker"] += 1
+            return [Send(msg.worker, protocol.Reregister(reason="unknown worker; say hello"))]
+        worker.last_seen = now
+        if self.state in TERMINAL:
+            return self._tell_exit(worker)
+        if isinstance(msg, protocol.Request):
+            return self._on_request(worker, msg, now)
+        if isinstance(msg, protocol.Heartbeat):
+            return [Send(worker.name, protocol.Ack())]
+        if isinstance(msg, protocol.Done):
+            return self._on_done(worker, msg, now)
+        if isinstance(msg, protocol.Failed):
+            return self._on_failed(worker, msg, now)
+        self.dropped["unexpected_type"] += 1
+        return []
+
+    def on_tick(self, now: float) -> List[Action]:
+        """Expire silent workers; their running tasks go back to READY."""
+        actions: List[Action] = []
+        limit = now - self.config.worker_timeout
+        for worker in [w for w in self.workers.values() if w.last_seen <= limit]:
+            silent = now - worker.last_seen
+            actions += self._lose_worker(worker, now, f"silent for {silent:.1f} s")
+        return actions
+
+    def next_deadline(self) -> Optional[float]:
+        """When `on_tick` next has something to do; the driver polls until then."""
+        deadlines = [w.last_seen + self.config.worker_timeout for w in self.workers.values()]
+        if self.exit_deadline is not None:
+            deadlines.append(self.exit_deadline)
+        return min(deadlines) if deadlines else None
+
+    def can_stop(self, now: float) -> bool:
+        """The job is over and every live worker was told, or the grace period ran out."""
+        if self.state not in TERMINAL:
+            return False
+        if all(w.told_exit for w in self.workers.values()):
+            return True
+        return self.exit_deadline is not None and now >= self.exit_deadline
+
+    def assignment_undeliverable(self, attempt: int, now: float) -> List[Action]:
+        """The driver could not send an Assign: the task goes back without penalty."""
+        record = self.attempts.get(attempt)
+        if record is None:
+            return []
+        worker = self.workers.get(record.worker)
+        if worker is not None:
+            worker.running.discard(attempt)
+        return self._requeue(self.tasks[record.task], attempt, now)
+
+    def output_committed(self, now: float) -> List[Action]:
+        self.state = JobState.SUCCEEDED
+        log.info("job succeeded")
+        return [JobFinished(ok=True)] + self._end(now)
+
+    def commit_failed(self, reason: str, now: float) -> List[Action]:
+        return self._fail_job(None, reason, None, now)
+
+    # --- message handlers ------------------------------------------------------------
+
+    def _on_hello(self, msg: protocol.Hello, now: float) -> List[Action]:
+        if self.state in TERMINAL:
+            return [Send(msg.worker, protocol.Exit(reason="the job is over"))]
+        actions: List[Action] = []
+        known = self.workers.get(msg.worker)
+        if known is not None and known.inc != msg.inc:
+            actions += self._lose_worker(known, now, "it restarted as a new process")
+            known = None
+            if self.state in TERMINAL:
+                return actions + [Send(msg.worker, protocol.Exit(reason="the job is over"))]
+        if known is None:
+            self.workers[msg.worker] = WorkerRecord(
+                msg.worker, msg.inc, msg.host, msg.pid, registered_at=now, last_seen=now
+            )
+            log.info("worker %s registered (host %s, pid %d)", msg.worker, msg.host or "?", msg.pid)
+        else:
+            known.last_seen = now
+            log.info("worker %s reconnected", msg.worker)
+        return actions + [Greet(msg.worker)]
+
+    def _on_request(self, worker: WorkerRecord, msg: protocol.Request, now: float) -> List[Action]:
+        actions: List[Action] = []
+        held = set(msg.running)
+        for attempt in sorted(worker.running - held):
+            # Assigned but unknown to the worker: the Task message was lost on the way.
+            worker.running.discard(attempt)
+            log.warning("worker %s never received attempt %d; re-queueing", worker.name, attempt)
+            actions += self._requeue(self.tasks[self.attempts[attempt].task], attempt, now)
+        worker.waiting = False
+        if not self.ready:
+            worker.waiting = True
+            return actions + [Send(worker.name, protocol.Wait(retry_after=self.config.retry_after))]
+        task = self.tasks[self.ready.popleft()]
+        attempt = self.next_attempt
+        self.next_attempt += 1
+        task.state = TaskState.RUNNING
+        task.attempt = attempt
+        task.worker = worker.name
+        task.attempts += 1
+        task.started_at = now
+        self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now)
+        worker.running.add(attempt)
+        log.debug("assigned %s attempt %d to %s", task.name, attempt, worker.name)
+        return actions + [Assign(worker.name, task.kind, task.index, attempt)]
+
+    def _current_attempt(self, worker: WorkerRecord, attempt: int) -> Optional[TaskRecord]:
+        """The task whose live attempt this is, or None for a stale or foreign attempt."""
+        record = self.attempts.get(attempt)
+        if record is None or record.worker != worker.name:
+            self.dropped["stale_attempt"] += 1
+            return None
+        return self.tasks[record.task]
+
+    def _on_done(self, worker: WorkerRecord, msg: protocol.Done, now: float) -> List[Action]:
+        task = self._current_attempt(worker, msg.attempt)
+        if task is None:
+            return []
+        problem = self._check_output(task, msg)
+        if problem:
+            self.dropped["bad_completion"] += 1
+            error = TaskError(kind="ProtocolError", message=problem, host=worker.host)
+            return self._attempt_failed(worker, task, msg.attempt, error, False, now)
+        worker.running.discard(msg.attempt)
+        del self.attempts[msg.attempt]
+        worker.tasks_done += 1
+        task.state = TaskState.FINISHED
+        task.attempt = None
+        task.output = msg.parts if task.kind == MAP else msg.output
+        task.stats = msg.stats
+        task.finished_at = now
+        self.finished_counts[task.kind] += 1
+        log.debug("%s finished on %s in %.2f s", task.name, worker.name, now - (task.started_at or now))
+        if task.kind == MAP and self.finished_counts[MAP] == self.num_maps:
+            return self._open_reduce_phase(now)
+        if task.kind == REDUCE and self.finished_counts[REDUCE] == self.num_reduces:
+            self.state = JobState.COMMITTING
+            outputs = tuple(self.tasks[(REDUCE, i)].output for i in range(self.num_reduces))
+            return [CommitOutput(outputs)]
+        return []
+
+    def _check_output(self, task: TaskRecord, msg: protocol.Done) -> str:
+        if task.kind == REDUCE:
+            return "" if msg.output else "a reduce completion without an output file"
+        for part in msg.parts:
+            if part.partition >= self.num_reduces:
+                return f"partition {part.partition} is out of range"
+        return ""
+
+    def _on_failed(self, worker: WorkerRecord, msg: protocol.Failed, now: float) -> List[Action]:
+        task = self._current_attempt(worker, msg.attempt)
+        if task is None:
+            return []
+        return self._attempt_failed(worker, task, msg.attempt, msg.error, msg.lost, now)
+
+    # --- transitions -----------------------------------------------------------------
+
+    def _attempt_failed(
+        self, worker: WorkerRecord, task: TaskRecord, attempt: int, error: TaskError, lost: bool, now: float
+    ) -> List[Action]:
+        worker.running.discard(attempt)
+        worker.tasks_failed += 1
+        task.last_error = error
+        if lost:
+            task.worker_losses += 1
+            return self._retry_or_fail(task, attempt, now, "lost its process")
+        task.failures += 1
+        log.warning(
+            "%s attempt %d failed on %s: %s: %s%s",
+            task.name, attempt, worker.name, error.kind, error.message,
+            f" (at {error.location})" if error.location else "",
+        )
+        return self._retry_or_fail(task, attempt, now, "failed")
+
+    def _retry_or_fail(self, task: TaskRecord, attempt: int, now: float, what: str) -> List[Action]:
+        if task.failures >= self.config.max_attempts:
+            reason = f"{task.name} failed {task.failures} times (--max-attempts {self.config.max_attempts})"
+            return self._fail_job(task, reason, task.last_error, now)
+        if task.worker_losses >= self.config.max_worker_losses:
+            reason = (
+                f"{task.name} lost its worker {task.worker_losses} times "
+                f"(--max-worker-losses {self.config.max_worker_losses})"
+            )
+            return self._fail_job(task, reason, task.last_error, now)
+        log.info("%s attempt %d %s; retrying", task.name, attempt, what)
+        return self._requeue(task, attempt, now)
+
+    def _requeue(self, task: TaskRecord, attempt: int, now: float) -> List[Action]:
+        """Put a running task back to READY, at the front so that retries go first."""
+        self.attempts.pop(attempt, None)
+        if task.attempt != attempt or task.state != TaskState.RUNNING:
+            return []
+        task.state = TaskState.READY
+        task.attempt = None
+        task.worker = None
+        self.ready.appendleft(task.key)
+        return self._wake_waiting()
+
+    def _wake_waiting(self) -> List[Action]:
+        actions: List[Action] = []
+        for worker in self.workers.values():
+            if worker.waiting:
+                worker.waiting = False
+                actions.append(Send(worker.name, protocol.Wake()))
+        return actions
+
+    def _open_reduce_phase(self, now: float) -> List[Action]:
+        self.state = JobState.REDUCING
+        log.info("all %d map tasks finished; starting %d reduce tasks", self.num_maps, self.num_reduces)
+        for i in range(self.num_reduces):
+            self.tasks[(REDUCE, i)].state = TaskState.READY
+            self.ready.append((REDUCE, i))
+        return self._wake_waiting()
+
+    def _lose_worker(self, worker: WorkerRecord, now: float, why: str) -> List[Action]:
+        del self.workers[worker.name]
+        self.workers_lost += 1
+        actions: List[Action] = []
+        if self.state in TERMINAL:
+            return actions
+        log.warning("worker %s lost: %s", worker.name, why)
+        for attempt in sorted(worker.running):
+            record = self.attempts.get(attempt)
+            if record is None:
+                continue
+            task = self.tasks[record.task]
+            task.worker_losses += 1
+            task.last_error = TaskError(kind="WorkerLost", message=f"worker {worker.name} {why}", host=worker.host)
+            actions += self._retry_or_fail(task, attempt, now, f"lost worker {worker.name}")
+            if self.state in TERMINAL:
+                break
+        return actions
+
+    def _fail_job(self, task: Optional[TaskRecord], reason: str, error: Optional[TaskError], now: float):
+        self.state = JobState.FAILED
+        self.failure = JobFailure(task.key if task else ("job", 0), reason, error)
+        log.error("job failed: %s", reason)
+        return [JobFinished(ok=False, failure=self.failure)] + self._end(now)
+
+    def _end(self, now: float) -> List[Action]:
+        self.ended_at = now
+        self.exit_deadline = now + self.config.exit_grace
+        self.ready.clear()
+        actions: List[Action] = []
+        for worker in self.workers.values():
+            if worker.waiting:
+                actions += self._tell_exit(worker)
+        return actions
+
+    def _tell_exit(self, worker: WorkerRecord) -> List[Action]:
+        worker.told_exit = True
+        worker.waiting = False
+        ok = self.state == JobState.SUCCEEDED
+        return [Send(worker.name, protocol.Exit(reason="the job is over", ok=ok))]
+
+    def _known_worker(self, msg: protocol.Message, now: float) -> Optional[WorkerRecord]:
+        worker = self.workers.get(getattr(msg, "worker", ""))
+        if worker is None or worker.inc != msg.inc:
+            return None
+        return worker
+
+    # --- status ----------------------------------------------------------------------
+
+    def task_status(self, kind: str, index: int, now: float) -> Optional[dict]:
+        task = self.tasks.get((kind, index))
+        if task is None:
+            return None
+        seconds = None
+        if task.started_at is not None:
+            seconds = round((task.finished_at if task.finished_at is not None else now) - task.started_at, 3)
+        status = {
+            "kind": task.kind,
+            "index": task.index,
+            "state": task.state.value,
+            "worker": task.worker,
+            "attempt": task.attempt,
+            "attempts": task.attempts,
+            "failures": task.failures,
+            "worker_losses": task.worker_losses,
+            "seconds": seconds,
+        }
+        if task.last_error is not None:
+            status["last_error"] = protocol.to_fields(task.last_error)
+        if task.stats is not None:
+            status["stats"] = protocol.to_fields(task.stats)
+        return status
+
+    def tasks_status(self, now: float) -> List[dict]:
+        return [self.task_status(kind, index, now) for kind, index in self.tasks]
+
+    def job_status(self, now: float) -> dict:
+        counts = {MAP: Counter(), REDUCE: Counter()}
+        for task in self.tasks.values():
+            counts[task.kind][task.state.value] += 1
+        elapsed = 0.0
+        if self.started_at is not None:
+            elapsed = (self.ended_at if self.ended_at is not None else now) - self.started_at
+        status = {
+            "state": self.state.value,
+            "maps": {s.value: counts[MAP][s.value] for s in TaskState},
+            "reduces": {s.value: counts[REDUCE][s.value] for s in TaskState},
+            "workers_alive": len(self.workers),
+            "workers_lost": self.workers_lost,
+            "dropped_messages": dict(self.dropped),
+            "elapsed": round(elapsed, 3),
+        }
+        if self.failure is not None:
+            status["failure"] = self.failure.reason
+        return status
+
+    def workers_status(self, now: float) -> List[dict]:
+        out = []
+        for worker in self.workers.values():
+            running = [self.attempts[a].task for a in sorted(worker.running) if a in self.attempts]
+            out.append(
+                {
+                    "name": worker.name,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "last_seen_ago": round(now - worker.last_seen, 3),
+                    "running": [f"{kind} {index}" for kind, index in running],
+                    "tasks_done": worker.tasks_done,
+                    "tasks_failed": worker.tasks_failed,
+                }
+            )
+        return out

@@ -1,0 +1,178 @@
+"""Running one map or reduce attempt: the user's functions between input and files.
+
+These functions do file I/O but no networking; the executor process calls them and a
+test can too. Every failure becomes a UserCodeError that says where in the input it
+happened.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from itertools import groupby
+from typing import Any, Callable, Iterable, List, Tuple
+
+from . import storage
+from .errors import UserCodeError
+from .inputs import read_segment, strip_line_ending
+from .job import Job
+from .output import format_record, part_name
+from .protocol import PartFile, Segment, TaskStats
+from .usercode import user_traceback
+
+_THIS_FILE = os.path.abspath(__file__).rstrip("c")
+_SHOWN_RECORD_CHARS = 200
+
+
+def _raised_here(exc: BaseException) -> bool:
+    """True when the innermost frame is in this file: the user broke a contract, not raised."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) == _THIS_FILE
+
+
+def _user_error(function: str, exc: BaseException, location: str, contract: str) -> UserCodeError:
+    if _raised_here(exc):
+        if isinstance(exc, TypeError) and "NoneType" in str(exc):
+            message = f"{function} returned None; {contract}"
+        else:
+            message = f"{function} broke its contract ({exc}); {contract}"
+        return UserCodeError(message, location)
+    return UserCodeError(f"{function} raised {type(exc).__name__}: {exc}", location, user_traceback(exc))
+
+
+def _shown(record: Any) -> str:
+    text = repr(record)
+    return text if len(text) <= _SHOWN_RECORD_CHARS else text[:_SHOWN_RECORD_CHARS] + "..."
+
+
+def _segment_location(segment: Segment, offset: int, line_number: int) -> str:
+    where = f"{segment.key} at byte {offset}"
+    if segment.start == 0 or segment.gzip:
+        where += f" (line {line_number})"
+    return where
+
+
+PAIRS = "it must return an iterable of (key, value) pairs"
+
+
+def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
+            encoding: str = "utf-8", errors: str = "strict") -> Tuple[List[PartFile], TaskStats]:
+    """Map every line of the split, then write one sorted (and combined) file per partition."""
+    started = time.monotonic()
+    buckets: List[list] = [[] for _ in range(reducers)]
+    mapper, partitioner = job.mapper, job.partitioner
+    records = bytes_in = 0
+    for segment in segments:
+        line_number = 0
+        for offset, raw in read_segment(segment):
+            line_number += 1
+            records += 1
+            bytes_in += len(raw)
+            try:
+                line = strip_line_ending(raw).decode(encoding, errors)
+            except UnicodeDecodeError as exc:
+                raise UserCodeError(
+                    f"input is not valid {encoding} ({exc.reason}); try --encoding latin-1 "
+                    "or --encoding-errors replace",
+                    _segment_location(segment, offset + exc.start, line_number),
+                ) from None
+            try:
+                if reducers == 1:
+                    bucket = buckets[0]
+                    for key, value in mapper(segment.key, line):
+                        bucket.append((key, value))
+                else:
+                    for key, value in mapper(segment.key, line):
+                        buckets[_partition(partitioner, key, reducers)].append((key, value))
+            except UserCodeError:
+                raise
+            except Exception as exc:
+                location = f"{_segment_location(segment, offset, line_number)}, record {_shown(line)}"
+                raise _user_error("mapper", exc, location, PAIRS) from None
+    os.makedirs(out_dir, exist_ok=True)
+    parts = []
+    records_out = 0
+    for index, pairs in enumerate(buckets):
+        if not pairs:
+            continue
+        pairs = _sorted(pairs, f"map output for partition {index}")
+        if job.combiner is not None:
+            pairs = _combine(job.combiner, pairs)
+        records_out += len(pairs)
+        path = os.path.join(out_dir, part_name(index) + ".mpk")
+        size = storage.write_pairs(path, pairs)
+        parts.append(PartFile(partition=index, path=path, size=size))
+    stats = TaskStats(records_in=records, bytes_in=bytes_in, records_out=records_out,
+                      seconds=time.monotonic() - started)
+    return parts, stats
+
+
+def _partition(partitioner: Callable, key: Any, reducers: int) -> int:
+    try:
+        index = partitioner(key, reducers)
+    except Exception as exc:
+        raise UserCodeError(f"partitioner raised {type(exc).__name__}: {exc}", f"key {_shown(key)}",
+                            user_traceback(exc)) from None
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < reducers:
+        raise UserCodeError(f"partitioner returned {index!r} for key {_shown(key)}; "
+                            f"it must return an int in 0..{reducers - 1}")
+    return index
+
+
+def _sorted(pairs: list, what: str) -> list:
+    try:
+        pairs.sort(key=storage.first)
+    except TypeError as exc:
+        raise UserCodeError(f"keys in the {what} are not mutually sortable ({exc}); "
+                            "keys of one job must be comparable with each other") from None
+    return pairs
+
+
+def _combine(combiner: Callable, pairs: list) -> list:
+    combined = []
+    for key, group in groupby(pairs, key=storage.first):
+        try:
+            for out_key, value in combiner(key, (v for _, v in group)):
+                if out_key != key:
+                    raise UserCodeError(f"combiner emitted key {_shown(out_key)} for input key {_shown(key)}; "
+                                        "a combiner must keep the key it is given", f"key {_shown(key)}")
+                combined.append((out_key, value))
+        except UserCodeError:
+            raise
+        except Exception as exc:
+            raise _user_error("combiner", exc, f"key {_shown(key)}", PAIRS) from None
+    return combined
+
+
+def run_reduce(job: Job, inputs: Iterable[str], out_path: str) -> TaskStats:
+    """Merge the sorted map outputs, call the reducer once per key, write key<TAB>value lines."""
+    started = time.monotonic()
+    inputs = list(inputs)
+    bytes_in = sum(os.path.getsize(p) for p in inputs)
+    reducer = job.reducer
+    groups = records_out = 0
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(out_path, "w", encoding="utf-8", newline="\n", buffering=storage.BLOCK_BYTES) as out:
+        write = out.write
+        merged = storage.merge_groups(inputs)
+        while True:
+            try:
+                key, values = next(merged)
+            except StopIteration:
+                break
+            except TypeError as exc:
+                raise UserCodeError(f"keys are not mutually sortable ({exc}); "
+                                    "keys of one job must be comparable with each other") from None
+            groups += 1
+            try:
+                for out_key, value in reducer(key, values):
+                    write(format_record(out_key, value))
+                    records_out += 1
+            except Exception as exc:
+                raise _user_error("reducer", exc, f"key {_shown(key)}", PAIRS) from None
+        out.flush()
+        os.fsync(out.fileno())
+    return TaskStats(records_in=groups, bytes_in=bytes_in, records_out=records_out,
+                     seconds=time.monotonic() - started)
