@@ -1,0 +1,268 @@
+"""End-to-end runs with real driver and worker processes on random free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import textwrap
+
+import msgpack
+import zmq
+
+from conftest import (alive, child_pids, counts_of, finish, free_port, make_corpus, read_output,
+                      sequential_wordcount, wait_for, zmqmr_command)
+
+FAST = ["--heartbeat-interval", "0.2", "--worker-timeout", "2"]
+
+
+def write_job(tmp_path, source: str, name: str = "job.py") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return str(path)
+
+
+def test_local_word_count_equals_sequential_count(procs, corpus, tmp_path):
+    out = tmp_path / "out"
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--reducers", 3, "--input", *corpus,
+                                     "--output", out))
+    assert result.returncode == 0, result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus)
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001", "part-00002"]
+
+
+def test_seed_command_line_with_separate_driver_and_workers(procs, corpus, tmp_path):
+    port = free_port()
+    out, work = tmp_path / "out", tmp_path / "work"
+    driver = procs.start(zmqmr_command("driver", "--mappers", 4, "--reducers", 2, "--port", port,
+                                       "--i_path", corpus[0], corpus[1], "--m_path", work, "--o_path", out))
+    workers = [procs.start(zmqmr_command("worker", "--driver", f"tcp://localhost:{port}")) for _ in range(2)]
+    result = finish(driver)
+    assert result.returncode == 0, result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus[:2])
+    for worker in workers:
+        assert finish(worker, timeout=15).returncode == 0
+    assert os.listdir(work) == []  # intermediate files are gone
+
+
+def test_worker_killed_mid_task_and_the_answer_is_still_exact(procs, corpus, tmp_path):
+    """The first attempt of map task 0 stalls; we SIGKILL its worker; another worker redoes it."""
+    flag = tmp_path / "stalled-once"
+    job = write_job(tmp_path, f"""
+        import os, re, time
+        WORD = re.compile(r"[^\\W\\d_]+")
+        def mapper(path, line):
+            if not os.path.exists({str(flag)!r}):
+                with open({str(flag)!r}, "w") as f:
+                    f.write(str(os.getppid()))   # the worker process that runs this task
+                time.sleep(60)
+            for word in WORD.findall(line):
+                yield word, 1
+        def reducer(word, counts):
+            yield word, sum(counts)
+        """)
+    out = tmp_path / "out"
+    port = free_port()
+    driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
+                                       "--port", port, *FAST))
+    endpoint = f"tcp://127.0.0.1:{port}"
+    workers = [procs.start(zmqmr_command("worker", "--driver", endpoint)) for _ in range(2)]
+    victim = int(wait_for(lambda: flag.exists() and flag.read_text(), 30, "the stalled attempt"))
+    assert victim in [w.pid for w in workers]
+    task_process = child_pids(victim)
+    os.kill(victim, signal.SIGKILL)
+    result = finish(driver)
+    assert result.returncode == 0, result.stderr
+    assert "lost" in result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus)
+    for pid in task_process:  # the killed worker's task process did not outlive it
+        wait_for(lambda: not alive(pid), 10, f"task process {pid} to die")
+
+
+def test_mapper_that_raises_fails_the_job_with_traceback_and_location(procs, corpus, tmp_path):
+    job = write_job(tmp_path, """
+        def mapper(path, line):
+            for word in line.split():
+                if word == "fox":
+                    ratio = 1 / 0
+                yield word, 1
+
+        def reducer(word, counts):
+            yield word, sum(counts)
+        """, name="badjob.py")
+    out = tmp_path / "out"
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", corpus[0],
+                                     "--output", out, "--max-attempts", 2))
+    assert result.returncode == 1
+    err = result.stderr
+    assert "map task 0 failed 2 times" in err
+    assert "ZeroDivisionError: division by zero" in err
+    assert 'badjob.py", line 5, in mapper' in err
+    assert "ratio = 1 / 0" in err
+    assert f"{corpus[0]} at byte" in err and "(line " in err
+    assert "zmqmr/" not in err.split("Traceback")[1]  # zmqmr's own frames are trimmed
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_task_that_kills_its_process_fails_after_max_worker_losses(procs, corpus, tmp_path):
+    job = write_job(tmp_path, """
+        import os
+        def mapper(path, line):
+            os._exit(3)
+        def reducer(key, values):
+            return []
+        """)
+    out = tmp_path / "out"
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", corpus[0],
+                                     "--output", out, "--max-worker-losses", 3))
+    assert result.returncode == 1
+    assert "lost its worker 3 times (--max-worker-losses 3)" in result.stderr
+    assert "exited with status 3" in result.stderr
+
+
+def test_worker_without_a_driver_exits_by_itself(procs):
+    port = free_port()  # nothing listens here: the job is over and its driver gone
+    result = procs.run(zmqmr_command("worker", "--driver", f"tcp://127.0.0.1:{port}", "--driver-timeout", 1.5),
+                       timeout=20)
+    assert result.returncode == 1
+    assert "no word from the driver" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_started_after_the_job_ended_exits(procs, corpus, tmp_path):
+    port = free_port()
+    out = tmp_path / "out"
+    driver = procs.start(zmqmr_command("driver", "--input", corpus[0], "--output", out, "--port", port))
+    procs.start(zmqmr_command("worker", "--driver", f"tcp://127.0.0.1:{port}"))
+    assert finish(driver).returncode == 0
+    late = procs.run(zmqmr_command("worker", "--driver", f"tcp://127.0.0.1:{port}", "--driver-timeout", 1),
+                     timeout=20)
+    assert late.returncode == 1
+
+
+def test_garbage_on_the_driver_port_changes_nothing(procs, corpus, tmp_path):
+    port = free_port()
+    out = tmp_path / "out"
+    driver = procs.start(zmqmr_command("driver", "--input", *corpus, "--output", out, "--port", port,
+                                       "--mappers", 8))
+    endpoint = f"tcp://127.0.0.1:{port}"
+    context = zmq.Context()
+    junk = context.socket(zmq.DEALER)
+    junk.linger = 0
+    junk.connect(endpoint)
+    bad_messages = [
+        [b"\xc1\xff\x00 not msgpack"],
+        [b"two", b"frames"],
+        [msgpack.packb([1, 2, 3])],
+        [msgpack.packb({"v": 99, "t": "hello", "worker": "x", "inc": "y"})],
+        [msgpack.packb({"v": 1, "t": "done", "worker": "ghost", "inc": "1", "attempt": 1})],
+        [msgpack.packb({"v": 1, "t": "request", "worker": 5, "inc": None})],
+        [msgpack.packb({"v": 1, "t": "failed", "worker": "w", "inc": "i", "attempt": -1, "error": {}})],
+        [os.urandom(3000)],
+    ]
+    for message in bad_messages:
+        junk.send_multipart(message)
+    with wait_for(lambda: connect(port), 30, "the driver to listen") as raw:  # not even ZMTP
+        raw.sendall(os.urandom(4096))
+    workers = [procs.start(zmqmr_command("worker", "--driver", endpoint)) for _ in range(2)]
+    for _ in range(50):
+        for message in bad_messages:
+            junk.send_multipart(message)
+    result = finish(driver)
+    junk.close()
+    context.term()
+    assert result.returncode == 0, result.stderr
+    assert "dropped" in result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus)
+    for worker in workers:
+        assert finish(worker, timeout=15).returncode == 0
+
+
+def connect(port: int):
+    try:
+        return socket.create_connection(("127.0.0.1", port))
+    except ConnectionRefusedError:
+        return None
+
+
+def test_status_queries_while_the_job_runs(procs, corpus, tmp_path):
+    job = write_job(tmp_path, """
+        import time
+        def mapper(path, line):
+            time.sleep(0.002)
+            yield "lines", 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+    port = free_port()
+    out = tmp_path / "out"
+    endpoint = f"tcp://127.0.0.1:{port}"
+    driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
+                                       "--port", port))
+    worker = procs.start(zmqmr_command("worker", "--driver", endpoint))
+
+    def running_task():
+        status = procs.run(zmqmr_command("status", endpoint, "--task", "map", 0))
+        return "RUNNING" in status.stdout and status
+
+    status = wait_for(running_task, 30, "map task 0 to be RUNNING", interval=0.2)
+    assert status.returncode == 0
+    job_status = procs.run(zmqmr_command("status", endpoint))
+    assert job_status.returncode == 0
+    assert "maps" in job_status.stdout and "local" not in job_status.stdout
+    assert "BLOCKED 1" in job_status.stdout  # the reduce task waits for the maps
+    assert finish(driver).returncode == 0
+    assert finish(worker).returncode == 0
+    assert read_output(out) == {"lines": str(4 * 2001)}
+    gone = procs.run(zmqmr_command("status", endpoint, "--timeout", 0.5))
+    assert gone.returncode == 1 and "no answer" in gone.stderr
+
+
+def test_local_cleans_up_every_process_on_ctrl_c(procs, corpus, tmp_path):
+    job = write_job(tmp_path, """
+        import time
+        def mapper(path, line):
+            time.sleep(1)
+            yield line, 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+    out = tmp_path / "out"
+    local = procs.start(zmqmr_command("local", "--workers", 2, "--job", job, "--input", *corpus,
+                                      "--output", out))
+    workers = wait_for(lambda: len(child_pids(local.pid)) == 2 and child_pids(local.pid), 30, "two workers")
+    task_processes = wait_for(lambda: sum((child_pids(w) for w in workers), []), 30, "task processes")
+    local.send_signal(signal.SIGINT)
+    result = finish(local, timeout=30)
+    assert result.returncode == 130
+    for pid in workers + task_processes:
+        wait_for(lambda: not alive(pid), 10, f"process {pid} to exit")
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_gzip_and_directory_input(procs, tmp_path):
+    import gzip
+    import shutil
+
+    paths = make_corpus(tmp_path / "books" / "nested", files=2, lines=300)
+    with open(paths[0], "rb") as src, gzip.open(paths[0] + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.remove(paths[0])
+    out = tmp_path / "out"
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--input", tmp_path / "books", "--output", out))
+    assert result.returncode == 0, result.stderr
+    expected = sequential_wordcount(paths[1:])
+    with gzip.open(paths[0] + ".gz", "rb") as f:
+        for word, n in sequential_wordcount_lines(f).items():
+            expected[word] = expected.get(word, 0) + n
+    assert counts_of(out) == expected
+
+
+def sequential_wordcount_lines(stream):
+    from collections import Counter
+
+    from conftest import WORD
+    counts = Counter()
+    for raw in stream:
+        counts.update(WORD.findall(raw.decode("utf-8")))
+    return counts
