@@ -34,9 +34,12 @@ def test_local_word_count_equals_sequential_count(procs, corpus, tmp_path):
 def test_seed_command_line_with_separate_driver_and_workers(procs, corpus, tmp_path):
     port = free_port()
     out, work = tmp_path / "out", tmp_path / "work"
+    # Workers may start before their driver; they wait for it. Starting them first also makes
+    # sure both take part, so both must be told to exit.
+    workers = [procs.start(zmqmr_command("worker", "--driver", f"tcp://localhost:{port}")) for _ in range(2)]
+    wait_for(lambda: all(child_pids(w.pid) for w in workers), 30, "workers to start")
     driver = procs.start(zmqmr_command("driver", "--mappers", 4, "--reducers", 2, "--port", port,
                                        "--i_path", corpus[0], corpus[1], "--m_path", work, "--o_path", out))
-    workers = [procs.start(zmqmr_command("worker", "--driver", f"tcp://localhost:{port}")) for _ in range(2)]
     result = finish(driver)
     assert result.returncode == 0, result.stderr
     assert counts_of(out) == sequential_wordcount(corpus[:2])
@@ -185,7 +188,8 @@ def connect(port: int):
         return None
 
 
-def test_status_queries_while_the_job_runs(procs, corpus, tmp_path):
+def test_status_queries_while_the_job_runs(procs, tmp_path):
+    corpus = make_corpus(tmp_path / "input", files=2, lines=1000)
     job = write_job(tmp_path, """
         import time
         def mapper(path, line):
@@ -213,7 +217,7 @@ def test_status_queries_while_the_job_runs(procs, corpus, tmp_path):
     assert "BLOCKED 1" in job_status.stdout  # the reduce task waits for the maps
     assert finish(driver).returncode == 0
     assert finish(worker).returncode == 0
-    assert read_output(out) == {"lines": str(4 * 2001)}
+    assert read_output(out) == {"lines": str(2 * 1001)}
     gone = procs.run(zmqmr_command("status", endpoint, "--timeout", 0.5))
     assert gone.returncode == 1 and "no answer" in gone.stderr
 

@@ -8,7 +8,7 @@ import math
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zmqmr import protocol as p
@@ -448,7 +448,7 @@ def _valid_value(chk):
 def _bad_values(chk, depth=0):
     """Values the check must refuse, derived from the check's own limits."""
     if isinstance(chk, p.Maybe):
-        return _bad_values(chk.inner, depth)
+        return [b for b in _bad_values(chk.inner, depth) if b is not None]
     if isinstance(chk, p.Text):
         bad = [1, True, None, b"x", ["x"], {"x": "x"}, 1.5]
         if chk.max_len <= p.MAX_TEXT_LEN:
@@ -686,7 +686,7 @@ def test_arbitrary_bytes_raise_only_protocol_error(frame):
     _check_decodes_or_refuses(frame, p.TO_WORKER)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.sampled_from(sorted(MESSAGE_SAMPLES)), st.data())
 def test_mutated_valid_frames_raise_only_protocol_error(mtype, data):
     frame = bytearray(p.encode(MESSAGE_SAMPLES[mtype]))
@@ -704,7 +704,7 @@ def test_mutated_valid_frames_raise_only_protocol_error(mtype, data):
     _check_decodes_or_refuses(bytes(frame), direction(mtype))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(ANY_VALUE_ANY_KEYS)
 def test_arbitrary_msgpack_structures_raise_only_protocol_error(value):
     frame = pack(value)
@@ -712,7 +712,7 @@ def test_arbitrary_msgpack_structures_raise_only_protocol_error(value):
     _check_decodes_or_refuses(frame, p.TO_WORKER)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(TYPED_BODIES, st.booleans())
 def test_typed_bodies_with_random_fields_decode_right_or_raise_protocol_error(typed, wrong_way):
     mtype, fields = typed
@@ -729,12 +729,3 @@ def test_typed_bodies_with_random_fields_decode_right_or_raise_protocol_error(ty
             got = getattr(message, name)
             if isinstance(got, float):
                 assert got == value or (math.isnan(got) and math.isnan(value))
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.sampled_from(sorted(MESSAGE_SAMPLES)))
-def test_valid_typed_bodies_decode(mtype):
-    # sanity check of the strategy's base: a full valid body always decodes
-    message = MESSAGE_SAMPLES[mtype]
-    assume(True)
-    assert p.decode(pack(body_of(message)), direction(mtype)) == message

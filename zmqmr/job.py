@@ -84,6 +84,8 @@ _cache: Dict[tuple, Job] = {}
 
 def load_job(spec: JobSpec) -> Job:
     """Load (once per process) the job a spec names, raising JobLoadError on any problem."""
+    if spec.source is not None and hashlib.sha256(spec.source.encode("utf-8")).hexdigest() != spec.sha256:
+        raise JobLoadError(f"job file {spec.name}: content does not match its SHA-256")
     cache_key = (spec.name, spec.sha256)
     job = _cache.get(cache_key)
     if job is None:
@@ -105,10 +107,7 @@ def _import(name: str) -> types.ModuleType:
 
 
 def _load_source(spec: JobSpec) -> types.ModuleType:
-    raw = spec.source.encode("utf-8")
-    if spec.sha256 and hashlib.sha256(raw).hexdigest() != spec.sha256:
-        raise JobLoadError(f"job file {spec.name}: content does not match its SHA-256")
-    module_name = "zmqmr_job_" + (spec.sha256[:16] or "unhashed")
+    module_name = "zmqmr_job_" + spec.sha256[:16]
     module = types.ModuleType(module_name)
     module.__file__ = spec.name
     # Tracebacks on a worker show the user's lines even where the file does not exist.

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List
+from typing import List, Sequence
 
 from .driver import Driver, DriverSettings, JobPlan
 
@@ -29,18 +29,27 @@ def start_workers(endpoint: str, count: int, verbose: bool = False) -> List[subp
     command = [sys.executable, "-m", "zmqmr", "worker", "--driver", endpoint, "--parent-pid", str(os.getpid())]
     if verbose:
         command.append("-v")
-    return [subprocess.Popen(command + ["--name", f"local-{i}"], env=env, stdin=subprocess.DEVNULL)
+    return [subprocess.Popen(command + ["--name", local_worker_name(i)], env=env, stdin=subprocess.DEVNULL)
             for i in range(count)]
 
 
-def stop_workers(workers: List[subprocess.Popen], wait: float = WORKER_EXIT_WAIT) -> None:
-    """Give told workers a moment to leave by themselves, then kill the rest."""
+def local_worker_name(index: int) -> str:
+    return f"local-{index}"
+
+
+def stop_workers(workers: List[subprocess.Popen], told: Sequence[bool] = (), wait: float = WORKER_EXIT_WAIT) -> None:
+    """Give workers that were told the job is over a moment to leave by themselves, then kill the rest.
+
+    A worker that started too late to take part was never told; it is killed at once
+    rather than left waiting for a driver that is gone.
+    """
     deadline = time.monotonic() + wait
-    for proc in workers:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
+    for proc, was_told in zip(workers, told):
+        if was_told:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
     for proc in workers:
         if proc.poll() is None:
             proc.kill()
@@ -57,10 +66,11 @@ def run_local(plan: JobPlan, settings: DriverSettings, workers: int, verbose: bo
         endpoint = driver.bind()
         procs = start_workers(endpoint, workers, verbose)
         code = driver.run()
-        stop_workers(procs)
+        told = driver.scheduler.told_exit()
+        stop_workers(procs, [local_worker_name(i) in told for i in range(workers)])
         return code
     finally:
-        stop_workers(procs, wait=0.0)
+        stop_workers(procs)
         driver.close()
         if own_work_dir:
             shutil.rmtree(own_work_dir, ignore_errors=True)

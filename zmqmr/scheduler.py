@@ -224,6 +224,10 @@ class Scheduler:
             return True
         return self.exit_deadline is not None and now >= self.exit_deadline
 
+    def told_exit(self) -> Set[str]:
+        """Workers that were told the job is over."""
+        return {w.name for w in self.workers.values() if w.told_exit}
+
     def assignment_undeliverable(self, attempt: int, now: float) -> List[Action]:
         """The driver could not send an Assign: the task goes back without penalty."""
         record = self.attempts.get(attempt)

@@ -1,0 +1,1355 @@
+"""Tests for zmqmr.scheduler: the driver's pure state machine.
+
+No sockets and no sleeps: the clock is a float that the tests pass in.
+The second half is a Hypothesis rule-based state machine that drives the
+scheduler with a population of fake workers and checks it against a small
+reference model after every step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Dict, List, Optional, Set, Tuple
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from zmqmr.protocol import (
+    Ack,
+    Done,
+    Exit,
+    Failed,
+    Heartbeat,
+    Hello,
+    PartFile,
+    Reregister,
+    Request,
+    TaskError,
+    TaskStats,
+    Wait,
+    Wake,
+)
+from zmqmr.scheduler import (
+    MAP,
+    REDUCE,
+    Assign,
+    CommitOutput,
+    Greet,
+    JobFailure,
+    JobFinished,
+    JobState,
+    Scheduler,
+    SchedulerConfig,
+    Send,
+    TaskState,
+)
+
+TIMEOUT = 5.0
+GRACE = 3.0
+RETRY_AFTER = 1.0
+ERR = TaskError(kind="ValueError", message="bad record", traceback="tb", location="job.py:3", host="h1")
+
+
+def config(**overrides) -> SchedulerConfig:
+    values = dict(
+        worker_timeout=TIMEOUT, max_attempts=3, max_worker_losses=3, retry_after=RETRY_AFTER, exit_grace=GRACE
+    )
+    values.update(overrides)
+    return SchedulerConfig(**values)
+
+
+# --- a fake cluster for the example-based tests -------------------------------------
+
+
+class Sim:
+    """A scheduler, a clock, and well-behaved fake workers that remember what they hold."""
+
+    def __init__(self, num_maps: int = 2, num_reduces: int = 2, **cfg):
+        self.s = Scheduler(num_maps, num_reduces, config(**cfg))
+        self.now = 0.0
+        self.inc: Dict[str, str] = {}
+        self.held: Dict[str, Set[int]] = defaultdict(set)
+        self.kind_of: Dict[int, Tuple[str, int]] = {}
+
+    def send(self, msg) -> list:
+        actions = self.s.on_message(msg, self.now)
+        for action in actions:
+            if isinstance(action, Assign):
+                self.held[action.worker].add(action.attempt)
+                self.kind_of[action.attempt] = (action.kind, action.index)
+        return actions
+
+    def _inc(self, worker: str, inc: Optional[str]) -> str:
+        return self.inc.get(worker, "1") if inc is None else inc
+
+    def hello(self, worker: str, inc: str = "1") -> list:
+        if self.inc.get(worker) != inc:
+            self.held[worker] = set()  # a new process holds nothing
+        self.inc[worker] = inc
+        return self.send(Hello(worker=worker, inc=inc, host=f"host-{worker}", pid=100))
+
+    def request(self, worker: str, running=None, inc=None) -> list:
+        running = sorted(self.held[worker]) if running is None else running
+        return self.send(Request(worker=worker, inc=self._inc(worker, inc), running=tuple(running)))
+
+    def assign(self, worker: str) -> Assign:
+        """Request and expect exactly one Assign."""
+        actions = self.request(worker)
+        assigns = [a for a in actions if isinstance(a, Assign)]
+        assert len(assigns) == 1, actions
+        return assigns[0]
+
+    def heartbeat(self, worker: str, inc=None) -> list:
+        return self.send(Heartbeat(worker=worker, inc=self._inc(worker, inc), running=tuple(sorted(self.held[worker]))))
+
+    def done(self, worker: str, attempt: int, parts=None, output=None, inc=None) -> list:
+        kind = self.kind_of.get(attempt, (MAP, 0))[0]
+        if kind == MAP:
+            if parts is None:
+                parts = [PartFile(partition=p, path=f"m{attempt}-p{p}", size=1) for p in range(self.s.num_reduces)]
+            msg = Done(worker=worker, inc=self._inc(worker, inc), attempt=attempt, parts=tuple(parts),
+                       stats=TaskStats(records_in=1))
+        else:
+            output = f"out-{attempt}" if output is None else output
+            msg = Done(worker=worker, inc=self._inc(worker, inc), attempt=attempt, output=output)
+        self.held[worker].discard(attempt)
+        return self.send(msg)
+
+    def fail(self, worker: str, attempt: int, error: TaskError = ERR, lost: bool = False, inc=None) -> list:
+        self.held[worker].discard(attempt)
+        return self.send(Failed(worker=worker, inc=self._inc(worker, inc), attempt=attempt, error=error, lost=lost))
+
+    def tick(self, now: float) -> list:
+        self.now = now
+        return self.s.on_tick(now)
+
+    # views
+
+    def state(self, kind: str, index: int) -> TaskState:
+        return self.s.tasks[(kind, index)].state
+
+    def states(self) -> Dict[Tuple[str, int], str]:
+        return {key: t.state.value for key, t in self.s.tasks.items()}
+
+    def snapshot(self):
+        return {
+            key: (t.state, t.attempt, t.worker, t.attempts, t.failures, t.worker_losses, t.output, t.finished_at)
+            for key, t in self.s.tasks.items()
+        }
+
+    def finish_maps(self, worker: str = "mapper") -> list:
+        """Register `worker` and run every map task to completion on it; return the last actions."""
+        if worker not in self.s.workers:
+            self.hello(worker)
+        actions = []
+        for _ in range(self.s.num_maps):
+            a = self.assign(worker)
+            assert a.kind == MAP
+            actions = self.done(worker, a.attempt)
+        return actions
+
+
+def sent(actions, message_type) -> List[str]:
+    """The workers to which `actions` send a message of this type."""
+    return [a.worker for a in actions if isinstance(a, Send) and isinstance(a.message, message_type)]
+
+
+def assigns(actions) -> List[Assign]:
+    return [a for a in actions if isinstance(a, Assign)]
+
+
+def finished(actions) -> List[JobFinished]:
+    return [a for a in actions if isinstance(a, JobFinished)]
+
+
+# --- construction --------------------------------------------------------------------
+
+
+def test_needs_at_least_one_map_and_one_reduce():
+    with pytest.raises(ValueError):
+        Scheduler(0, 1, config())
+    with pytest.raises(ValueError):
+        Scheduler(1, 0, config())
+
+
+def test_hello_greets_and_registers():
+    sim = Sim()
+    assert sim.hello("w1") == [Greet("w1")]
+    assert "w1" in sim.s.workers
+    assert sim.s.workers["w1"].host == "host-w1"
+
+
+# --- gating --------------------------------------------------------------------------
+
+
+def test_reduce_tasks_start_blocked_and_maps_ready():
+    sim = Sim(3, 2)
+    assert [sim.state(MAP, i) for i in range(3)] == [TaskState.READY] * 3
+    assert [sim.state(REDUCE, i) for i in range(2)] == [TaskState.BLOCKED] * 2
+    assert sim.s.state == JobState.MAPPING
+
+
+def test_no_reduce_assigned_before_every_map_finished():
+    sim = Sim(2, 2)
+    for w in ("w1", "w2", "w3"):
+        sim.hello(w)
+    a1 = sim.assign("w1")
+    a2 = sim.assign("w2")
+    assert {(a1.kind, a1.index), (a2.kind, a2.index)} == {(MAP, 0), (MAP, 1)}
+    # Nothing READY while maps run: the idle worker waits, no reduce leaks out.
+    assert sim.request("w3") == [Send("w3", Wait(retry_after=RETRY_AFTER))]
+    # One map finished: reduces stay BLOCKED and nobody is woken.
+    assert sim.done("w1", a1.attempt) == []
+    assert sim.state(REDUCE, 0) == TaskState.BLOCKED
+    assert sim.state(REDUCE, 1) == TaskState.BLOCKED
+    assert sim.request("w1") == [Send("w1", Wait(retry_after=RETRY_AFTER))]
+    assert sim.s.state == JobState.MAPPING
+    # The last map finished: reduces become READY and both waiting workers are woken.
+    actions = sim.done("w2", a2.attempt)
+    assert sorted(sent(actions, Wake)) == ["w1", "w3"]
+    assert assigns(actions) == []
+    assert sim.s.state == JobState.REDUCING
+    assert [sim.state(REDUCE, i) for i in range(2)] == [TaskState.READY] * 2
+    r = sim.assign("w3")
+    assert (r.kind, r.index) == (REDUCE, 0)
+
+
+def test_waiting_worker_is_woken_only_once_and_request_clears_waiting():
+    sim = Sim(1, 1)
+    sim.hello("w1")
+    sim.hello("w2")
+    a = sim.assign("w1")
+    assert sent(sim.request("w2"), Wait) == ["w2"]
+    assert sim.s.workers["w2"].waiting
+    assert sent(sim.done("w1", a.attempt), Wake) == ["w2"]
+    assert not sim.s.workers["w2"].waiting
+    r = sim.assign("w2")
+    assert r.kind == REDUCE
+
+
+def test_waiting_worker_is_woken_when_a_task_is_requeued():
+    sim = Sim(1, 1)
+    sim.hello("w1")
+    sim.hello("w2")
+    a = sim.assign("w1")
+    sim.request("w2")  # Wait
+    actions = sim.fail("w1", a.attempt)
+    assert sent(actions, Wake) == ["w2"]
+    assert sim.state(MAP, 0) == TaskState.READY
+    b = sim.assign("w2")
+    assert (b.kind, b.index) == (MAP, 0)
+    assert b.attempt != a.attempt
+
+
+# --- completions: first wins, stale ones are dropped ----------------------------------
+
+
+def test_first_successful_completion_wins():
+    sim = Sim(1, 1)
+    sim.hello("w1")
+    sim.hello("w2")
+    first = sim.assign("w1")
+    # w1 goes silent and is lost; w2 keeps talking and takes the task over.
+    sim.now = 3.0
+    sim.heartbeat("w2")
+    sim.tick(TIMEOUT)
+    assert "w1" not in sim.s.workers
+    second = sim.assign("w2")
+    assert (second.kind, second.index) == (MAP, 0)
+    winner = [PartFile(partition=0, path="from-w2", size=5)]
+    sim.done("w2", second.attempt, parts=winner)
+    task = sim.s.tasks[(MAP, 0)]
+    assert task.state == TaskState.FINISHED
+    assert task.output == tuple(winner)
+    before = sim.snapshot()
+    counts = dict(sim.s.finished_counts)
+    # A duplicate of the winning completion is dropped...
+    assert sim.done("w2", second.attempt, parts=[PartFile(partition=0, path="dup", size=1)]) == []
+    # ...and so is the first attempt's completion once w1 is back.
+    sim.hello("w1")
+    assert sim.done("w1", first.attempt, parts=[PartFile(partition=0, path="from-w1", size=1)]) == []
+    assert sim.s.dropped["stale_attempt"] == 2
+    assert sim.snapshot() == before
+    assert dict(sim.s.finished_counts) == counts
+    assert task.output == tuple(winner)
+
+
+def _one_running_map():
+    sim = Sim(2, 1)
+    sim.hello("w1", inc="a")
+    sim.hello("w2", inc="b")
+    a = sim.assign("w1")
+    b = sim.assign("w2")
+    return sim, a, b
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("unknown_attempt", "stale_attempt"),
+        ("foreign_attempt", "stale_attempt"),
+        ("unknown_worker", "unknown_worker"),
+        ("wrong_incarnation", "unknown_worker"),
+    ],
+)
+@pytest.mark.parametrize("what", ["done", "failed"])
+def test_bad_completions_are_dropped_and_change_nothing(case, reason, what):
+    sim, a, b = _one_running_map()
+    before = sim.snapshot()
+    attempts_before = dict(sim.s.attempts)
+    running_before = {n: set(w.running) for n, w in sim.s.workers.items()}
+    worker, attempt, inc = {
+        "unknown_attempt": ("w1", 999, "a"),
+        "foreign_attempt": ("w1", b.attempt, "a"),  # b belongs to w2
+        "unknown_worker": ("ghost", a.attempt, "a"),
+        "wrong_incarnation": ("w1", a.attempt, "old"),
+    }[case]
+    if what == "done":
+        msg = Done(worker=worker, inc=inc, attempt=attempt, parts=(PartFile(partition=0, path="x"),))
+    else:
+        msg = Failed(worker=worker, inc=inc, attempt=attempt, error=ERR)
+    actions = sim.s.on_message(msg, 1.0)
+    if reason == "unknown_worker":
+        assert actions == [Send(worker, Reregister(reason="unknown worker; say hello"))]
+    else:
+        assert actions == []
+    assert sim.s.dropped == Counter({reason: 1})
+    assert sim.snapshot() == before
+    assert sim.s.attempts == attempts_before
+    assert {n: set(w.running) for n, w in sim.s.workers.items()} == running_before
+    assert sim.s.finished_counts[MAP] == 0
+
+
+def test_wrong_incarnation_does_not_refresh_liveness():
+    sim = Sim(1, 1)
+    sim.hello("w1", inc="new")
+    sim.now = 4.0
+    sim.heartbeat("w1", inc="old")
+    assert sim.s.dropped["unknown_worker"] == 1
+    assert sim.s.workers["w1"].last_seen == 0.0
+    assert sim.s.next_deadline() == TIMEOUT
+
+
+def test_lost_workers_late_done_changes_nothing():
+    sim = Sim(1, 1)
+    sim.hello("w1")
+    sim.hello("w2")
+    first = sim.assign("w1")
+    sim.now = 4.0
+    sim.heartbeat("w2")
+    actions = sim.tick(6.0)  # w1 silent for 6 s > 5 s
+    assert "w1" not in sim.s.workers
+    assert sim.s.workers_lost == 1
+    assert sim.state(MAP, 0) == TaskState.READY
+    assert actions == []  # nobody was waiting
+    second = sim.assign("w2")
+    assert (second.kind, second.index) == (MAP, 0) and second.attempt != first.attempt
+    before = sim.snapshot()
+    # The late Done from the lost worker: it is unknown now, told to say hello again.
+    late = sim.done("w1", first.attempt)
+    assert late == [Send("w1", Reregister(reason="unknown worker; say hello"))]
+    assert sim.s.dropped["unknown_worker"] == 1
+    assert sim.snapshot() == before
+    task = sim.s.tasks[(MAP, 0)]
+    assert task.state == TaskState.RUNNING and task.worker == "w2" and task.attempt == second.attempt
+    assert sim.s.finished_counts[MAP] == 0
+    # Still nothing after it re-registers with the same incarnation.
+    sim.hello("w1")
+    assert sim.s.on_message(Done(worker="w1", inc="1", attempt=first.attempt), sim.now) == []
+    assert sim.s.dropped["stale_attempt"] == 1
+    assert sim.snapshot() == before
+    # The live attempt still completes normally.
+    sim.done("w2", second.attempt)
+    assert task.state == TaskState.FINISHED
+
+
+# --- liveness ------------------------------------------------------------------------
+
+
+def test_silent_worker_is_lost_on_tick_and_its_task_goes_back_to_ready():
+    sim = Sim(2, 1)
+    sim.now = 10.0
+    sim.hello("w1")
+    a = sim.assign("w1")
+    assert sim.s.next_deadline() == 10.0 + TIMEOUT
+    assert sim.tick(14.9) == []
+    assert "w1" in sim.s.workers
+    assert sim.state(a.kind, a.index) == TaskState.RUNNING
+    sim.tick(15.0)
+    assert "w1" not in sim.s.workers
+    assert sim.s.workers_lost == 1
+    task = sim.s.tasks[(a.kind, a.index)]
+    assert task.state == TaskState.READY
+    assert task.attempt is None and task.worker is None
+    assert task.worker_losses == 1 and task.failures == 0
+    assert task.last_error is not None and task.last_error.kind == "WorkerLost"
+    assert a.attempt not in sim.s.attempts
+    assert sim.s.ready[0] == (a.kind, a.index)  # retries go first
+    assert sim.s.next_deadline() is None
+
+
+def test_next_deadline_is_earliest_last_seen_plus_timeout():
+    sim = Sim()
+    assert sim.s.next_deadline() is None
+    sim.now = 1.0
+    sim.hello("w1")
+    sim.now = 2.5
+    sim.hello("w2")
+    assert sim.s.next_deadline() == 1.0 + TIMEOUT
+    sim.now = 3.0
+    sim.request("w1")  # any message counts as a sign of life
+    assert sim.s.next_deadline() == 2.5 + TIMEOUT
+    assert sim.s.workers["w1"].last_seen == 3.0
+
+
+def test_heartbeat_keeps_worker_alive_and_is_acked():
+    sim = Sim(1, 1)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    for t in (4.0, 8.0, 12.0):
+        sim.now = t
+        assert sim.heartbeat("w1") == [Send("w1", Ack())]
+        assert sim.tick(t + TIMEOUT - 0.5) == []
+        assert sim.s.next_deadline() == t + TIMEOUT
+    assert "w1" in sim.s.workers
+    assert sim.state(MAP, 0) == TaskState.RUNNING
+    assert sim.s.tasks[(MAP, 0)].attempt == a.attempt
+    sim.tick(12.0 + TIMEOUT)
+    assert "w1" not in sim.s.workers
+    assert sim.state(MAP, 0) == TaskState.READY
+
+
+def test_tick_loss_wakes_waiting_workers():
+    sim = Sim(1, 1)
+    sim.hello("w1")
+    sim.hello("w2")
+    sim.assign("w1")
+    sim.now = 3.0
+    assert sent(sim.request("w2"), Wait) == ["w2"]
+    actions = sim.tick(TIMEOUT)
+    assert sent(actions, Wake) == ["w2"]
+
+
+# --- retry limits --------------------------------------------------------------------
+
+
+def test_task_failing_max_attempts_times_fails_the_job():
+    sim = Sim(2, 1, max_attempts=3)
+    sim.hello("w1")
+    errors = [TaskError(kind="ValueError", message=f"boom {i}") for i in range(3)]
+    for i, error in enumerate(errors):
+        a = sim.assign("w1")
+        assert (a.kind, a.index) == (MAP, 0)  # the failed task goes first
+        actions = sim.fail("w1", a.attempt, error=error)
+        if i < 2:
+            assert finished(actions) == []
+            assert sim.state(MAP, 0) == TaskState.READY
+            assert sim.s.tasks[(MAP, 0)].failures == i + 1
+    assert finished(actions) == [JobFinished(ok=False, failure=sim.s.failure)]
+    failure = sim.s.failure
+    assert isinstance(failure, JobFailure)
+    assert failure.task == (MAP, 0)
+    assert "map task 0" in failure.reason
+    assert failure.error == errors[-1]
+    assert sim.s.state == JobState.FAILED
+    assert sim.s.job_status(sim.now)["failure"] == failure.reason
+
+
+def test_lost_failures_do_not_count_against_max_attempts_but_losses_are_limited():
+    sim = Sim(1, 1, max_attempts=1, max_worker_losses=4)
+    sim.hello("w1")
+    lost = TaskError(kind="Killed", message="signal 9")
+    for i in range(3):
+        a = sim.assign("w1")
+        assert finished(sim.fail("w1", a.attempt, error=lost, lost=True)) == []
+        task = sim.s.tasks[(MAP, 0)]
+        assert task.failures == 0 and task.worker_losses == i + 1
+        assert task.state == TaskState.READY
+    a = sim.assign("w1")
+    actions = sim.fail("w1", a.attempt, error=lost, lost=True)
+    [fin] = finished(actions)
+    assert not fin.ok
+    assert fin.failure.task == (MAP, 0)
+    assert "map task 0" in fin.failure.reason and "lost" in fin.failure.reason
+    assert fin.failure.error == lost
+    assert sim.s.state == JobState.FAILED
+
+
+def test_one_real_failure_with_max_attempts_one_fails_the_job():
+    sim = Sim(1, 1, max_attempts=1, max_worker_losses=4)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    [fin] = finished(sim.fail("w1", a.attempt))
+    assert fin.failure.task == (MAP, 0) and fin.failure.error == ERR
+
+
+def test_timeouts_count_as_worker_losses():
+    sim = Sim(1, 1, max_worker_losses=2, max_attempts=1)
+    sim.hello("w1")
+    sim.assign("w1")
+    assert finished(sim.tick(TIMEOUT)) == []
+    task = sim.s.tasks[(MAP, 0)]
+    assert task.worker_losses == 1 and task.failures == 0 and task.state == TaskState.READY
+    sim.hello("w2")
+    sim.assign("w2")
+    actions = sim.tick(2 * TIMEOUT)
+    [fin] = finished(actions)
+    assert not fin.ok
+    assert fin.failure.task == (MAP, 0)
+    assert "map task 0" in fin.failure.reason
+    assert fin.failure.error.kind == "WorkerLost"
+    assert sim.s.state == JobState.FAILED
+    assert sim.s.workers_lost == 2
+
+
+def test_restart_counts_as_a_worker_loss():
+    sim = Sim(1, 1, max_worker_losses=1)
+    sim.hello("w1", inc="a")
+    sim.assign("w1")
+    actions = sim.hello("w1", inc="b")
+    [fin] = finished(actions)
+    assert fin.failure.task == (MAP, 0)
+    # The restarted process cannot take part in a job that is over.
+    assert actions[-1] == Send("w1", Exit(reason="the job is over"))
+    assert Greet("w1") not in actions
+
+
+# --- lost in transit -----------------------------------------------------------------
+
+
+def test_request_omitting_an_assigned_attempt_requeues_it_without_penalty():
+    sim = Sim(2, 1, max_attempts=1, max_worker_losses=1)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    # The Task never arrived: the worker asks again holding nothing.
+    actions = sim.request("w1", running=[])
+    [b] = assigns(actions)
+    assert (b.kind, b.index) == (a.kind, a.index)  # re-queued at the front
+    assert b.attempt != a.attempt
+    assert finished(actions) == []
+    task = sim.s.tasks[(a.kind, a.index)]
+    assert task.failures == 0 and task.worker_losses == 0
+    assert task.attempt == b.attempt
+    assert a.attempt not in sim.s.attempts
+    assert sim.s.workers["w1"].running == {b.attempt}
+    assert sim.s.state == JobState.MAPPING
+    # The old attempt is stale now.
+    assert sim.done("w1", a.attempt) == []
+    assert sim.s.dropped["stale_attempt"] == 1
+
+
+def test_request_listing_its_attempt_keeps_it():
+    sim = Sim(2, 1)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    b = sim.assign("w1")  # running=[a]
+    assert (b.kind, b.index) != (a.kind, a.index)
+    assert sim.s.tasks[(a.kind, a.index)].attempt == a.attempt
+    assert sim.s.workers["w1"].running == {a.attempt, b.attempt}
+
+
+def test_assignment_undeliverable_requeues_without_penalty():
+    sim = Sim(1, 1)
+    sim.hello("w1")
+    sim.hello("w2")
+    a = sim.assign("w1")
+    sim.request("w2")  # Wait
+    actions = sim.s.assignment_undeliverable(a.attempt, 1.0)
+    assert sent(actions, Wake) == ["w2"]
+    task = sim.s.tasks[(MAP, 0)]
+    assert task.state == TaskState.READY and task.failures == 0 and task.worker_losses == 0
+    assert sim.s.workers["w1"].running == set()
+    assert sim.s.attempts == {}
+    assert sim.s.assignment_undeliverable(a.attempt, 1.0) == []
+    assert sim.s.assignment_undeliverable(12345, 1.0) == []
+
+
+# --- hello: restart vs reconnect -----------------------------------------------------
+
+
+def test_hello_with_new_incarnation_requeues_old_tasks():
+    sim = Sim(2, 1)
+    sim.hello("w1", inc="a")
+    a = sim.assign("w1")
+    b = sim.assign("w1")
+    actions = sim.hello("w1", inc="b")
+    assert actions == [Greet("w1")]
+    assert sim.s.workers["w1"].inc == "b"
+    assert sim.s.workers["w1"].running == set()
+    assert sim.s.workers_lost == 1
+    for x in (a, b):
+        task = sim.s.tasks[(x.kind, x.index)]
+        assert task.state == TaskState.READY
+        assert task.worker_losses == 1 and task.failures == 0
+    assert sim.s.attempts == {}
+    # The old process's completion is from the wrong incarnation now.
+    late = sim.s.on_message(Done(worker="w1", inc="a", attempt=a.attempt), sim.now)
+    assert late == [Send("w1", Reregister(reason="unknown worker; say hello"))]
+    assert sim.state(a.kind, a.index) == TaskState.READY
+
+
+def test_hello_with_same_incarnation_keeps_tasks():
+    sim = Sim(2, 1)
+    sim.hello("w1", inc="a")
+    a = sim.assign("w1")
+    sim.now = 4.0
+    assert sim.hello("w1", inc="a") == [Greet("w1")]
+    assert sim.s.workers_lost == 0
+    assert sim.s.workers["w1"].running == {a.attempt}
+    assert sim.s.workers["w1"].last_seen == 4.0
+    task = sim.s.tasks[(a.kind, a.index)]
+    assert task.state == TaskState.RUNNING and task.attempt == a.attempt and task.worker_losses == 0
+    sim.done("w1", a.attempt)
+    assert task.state == TaskState.FINISHED
+
+
+# --- the end of a job ----------------------------------------------------------------
+
+
+def _all_reduces_done(num_reduces=3, order=None):
+    sim = Sim(1, num_reduces)
+    sim.finish_maps("w1")
+    reduce_attempts = {}
+    for _ in range(num_reduces):
+        r = sim.assign("w1")
+        assert r.kind == REDUCE
+        reduce_attempts[r.index] = r.attempt
+    order = order or list(range(num_reduces))
+    actions = []
+    for n, index in enumerate(order):
+        actions = sim.done("w1", reduce_attempts[index], output=f"out-{index}")
+        if n < len(order) - 1:
+            assert not [a for a in actions if isinstance(a, CommitOutput)]
+            assert sim.s.state == JobState.REDUCING
+    return sim, actions
+
+
+def test_last_reduce_done_commits_outputs_in_reduce_index_order():
+    sim, actions = _all_reduces_done(3, order=[2, 0, 1])
+    assert actions == [CommitOutput(("out-0", "out-1", "out-2"))]
+    assert sim.s.state == JobState.COMMITTING
+    assert sim.s.finished_counts == Counter({MAP: 1, REDUCE: 3})
+    assert not sim.s.can_stop(sim.now)
+
+
+def test_output_committed_finishes_the_job_and_every_message_gets_exit():
+    sim, _ = _all_reduces_done(2)
+    sim.hello("idle")
+    assert sent(sim.request("idle"), Wait) == ["idle"]
+    sim.now = 10.0
+    actions = sim.s.output_committed(sim.now)
+    assert actions[0] == JobFinished(ok=True)
+    # The waiting worker is told at once.
+    assert actions[1:] == [Send("idle", Exit(reason="the job is over", ok=True))]
+    assert sim.s.state == JobState.SUCCEEDED
+    assert sim.s.ended_at == 10.0
+    exit_ok = Exit(reason="the job is over", ok=True)
+    for msg in (
+        Request(worker="w1", inc="1", running=()),
+        Heartbeat(worker="w1", inc="1"),
+        Done(worker="w1", inc="1", attempt=1),
+        Failed(worker="w1", inc="1", attempt=1, error=ERR),
+        Hello(worker="w1", inc="1"),
+        Hello(worker="newcomer", inc="1"),
+        Request(worker="stranger", inc="1"),
+    ):
+        out = sim.s.on_message(msg, sim.now)
+        assert out == [Send(msg.worker, exit_ok)], msg
+    assert "newcomer" not in sim.s.workers
+    assert sim.s.job_status(sim.now)["state"] == "SUCCEEDED"
+
+
+def test_can_stop_once_all_live_workers_were_told():
+    sim, _ = _all_reduces_done(1)
+    sim.hello("w2")
+    assert not sim.s.can_stop(sim.now)
+    sim.s.output_committed(sim.now)
+    assert not sim.s.can_stop(sim.now)  # nobody told yet
+    sim.heartbeat("w1")
+    assert not sim.s.can_stop(sim.now)  # w2 not told yet
+    assert sim.request("w2") == [Send("w2", Exit(reason="the job is over", ok=True))]
+    assert sim.s.can_stop(sim.now)
+
+
+def test_can_stop_after_exit_grace_even_if_a_worker_never_answers():
+    sim, _ = _all_reduces_done(1)
+    sim.now = 20.0
+    sim.heartbeat("w1")
+    sim.s.output_committed(20.0)
+    assert sim.s.next_deadline() == 20.0 + GRACE  # the exit deadline comes before w1's timeout
+    assert not sim.s.can_stop(20.0 + GRACE - 0.01)
+    assert sim.s.can_stop(20.0 + GRACE)
+
+
+def test_can_stop_when_the_untold_workers_time_out():
+    sim, _ = _all_reduces_done(1)
+    sim.s.output_committed(1.0)
+    assert not sim.s.can_stop(1.0)
+    assert sim.tick(TIMEOUT) == []  # losing a worker after the end does nothing else
+    assert sim.s.workers == {}
+    assert sim.s.can_stop(TIMEOUT)
+
+
+def test_no_assign_after_the_job_failed_and_exit_is_not_ok():
+    sim = Sim(2, 1, max_attempts=1)
+    sim.hello("w1")
+    sim.hello("w2")
+    a = sim.assign("w1")
+    sim.fail("w1", a.attempt)
+    assert sim.s.state == JobState.FAILED
+    assert sim.s.ready == type(sim.s.ready)()  # nothing left to hand out
+    out = sim.request("w2")
+    assert out == [Send("w2", Exit(reason="the job is over", ok=False))]
+    assert sim.s.workers["w2"].told_exit
+    assert sim.s.on_tick(100.0) == []
+
+
+def test_commit_failed_fails_the_job():
+    sim, _ = _all_reduces_done(1)
+    actions = sim.s.commit_failed("disk full", 5.0)
+    [fin] = finished(actions)
+    assert not fin.ok
+    assert fin.failure == JobFailure(("job", 0), "disk full", None)
+    assert sim.s.state == JobState.FAILED
+    assert sim.request("w1") == [Send("w1", Exit(reason="the job is over", ok=False))]
+
+
+# --- bad completions -----------------------------------------------------------------
+
+
+def test_map_done_with_out_of_range_partition_is_a_failed_attempt():
+    sim = Sim(1, 2, max_attempts=2)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    bad = [PartFile(partition=0, path="p0"), PartFile(partition=2, path="p2")]
+    assert sim.done("w1", a.attempt, parts=bad) == []
+    assert sim.s.dropped["bad_completion"] == 1
+    task = sim.s.tasks[(MAP, 0)]
+    assert task.state == TaskState.READY
+    assert task.failures == 1
+    assert task.output is None
+    assert task.last_error.kind == "ProtocolError" and "partition 2" in task.last_error.message
+    assert sim.s.finished_counts[MAP] == 0
+    assert sim.state(REDUCE, 0) == TaskState.BLOCKED
+    assert a.attempt not in sim.s.attempts
+    assert sim.s.workers["w1"].running == set()
+    # Counted against max_attempts like any failure.
+    b = sim.assign("w1")
+    [fin] = finished(sim.done("w1", b.attempt, parts=[PartFile(partition=7, path="p7")]))
+    assert fin.failure.task == (MAP, 0)
+    assert fin.failure.error.kind == "ProtocolError"
+
+
+def test_partition_equal_to_num_reduces_is_out_of_range_but_last_valid_one_is_fine():
+    sim = Sim(2, 3)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    sim.done("w1", a.attempt, parts=[PartFile(partition=3, path="p")])
+    assert sim.s.dropped["bad_completion"] == 1
+    b = sim.assign("w1")
+    sim.done("w1", b.attempt, parts=[PartFile(partition=2, path="p")])
+    assert sim.s.tasks[(b.kind, b.index)].state == TaskState.FINISHED
+
+
+def test_reduce_done_without_output_is_a_failed_attempt():
+    sim = Sim(1, 1)
+    sim.finish_maps("w1")
+    r = sim.assign("w1")
+    assert sim.done("w1", r.attempt, output="") == []
+    assert sim.s.dropped["bad_completion"] == 1
+    assert sim.state(REDUCE, 0) == TaskState.READY
+    assert sim.s.tasks[(REDUCE, 0)].failures == 1
+    assert sim.s.state == JobState.REDUCING
+
+
+# --- status --------------------------------------------------------------------------
+
+
+def test_status_methods_return_sensible_dicts():
+    sim = Sim(2, 1)
+    sim.now = 1.0
+    sim.hello("w1")
+    a = sim.assign("w1")
+    sim.now = 3.0
+    sim.done("w1", a.attempt)
+    b = sim.assign("w1")
+    sim.fail("w1", b.attempt)
+    c = sim.assign("w1")
+    sim.s.on_message(Done(worker="ghost", inc="x", attempt=1), sim.now)
+    now = 4.5
+
+    job = sim.s.job_status(now)
+    assert job["state"] == "MAPPING"
+    assert job["maps"] == {"BLOCKED": 0, "READY": 0, "RUNNING": 1, "FINISHED": 1}
+    assert job["reduces"] == {"BLOCKED": 1, "READY": 0, "RUNNING": 0, "FINISHED": 0}
+    assert job["workers_alive"] == 1 and job["workers_lost"] == 0
+    assert job["dropped_messages"] == {"unknown_worker": 1}
+    assert job["elapsed"] == 3.5
+    assert "failure" not in job
+
+    t = sim.s.task_status(c.kind, c.index, now)
+    assert t["kind"] == MAP and t["index"] == c.index
+    assert t["state"] == "RUNNING"
+    assert t["worker"] == "w1" and t["attempt"] == c.attempt
+    assert t["attempts"] == 2 and t["failures"] == 1 and t["worker_losses"] == 0
+    assert t["seconds"] == 1.5
+    assert t["last_error"]["kind"] == "ValueError" and t["last_error"]["message"] == "bad record"
+
+    done = sim.s.task_status(a.kind, a.index, now)
+    assert done["state"] == "FINISHED" and done["attempt"] is None
+    assert done["seconds"] == 2.0
+    assert done["stats"]["records_in"] == 1
+
+    blocked = sim.s.task_status(REDUCE, 0, now)
+    assert blocked["state"] == "BLOCKED" and blocked["seconds"] is None and blocked["attempts"] == 0
+    assert sim.s.task_status(REDUCE, 5, now) is None
+    assert sim.s.task_status("shuffle", 0, now) is None
+
+    tasks = sim.s.tasks_status(now)
+    assert [(t["kind"], t["index"]) for t in tasks] == [(MAP, 0), (MAP, 1), (REDUCE, 0)]
+    assert all(t["state"] in {"BLOCKED", "READY", "RUNNING", "FINISHED"} for t in tasks)
+
+    [w] = sim.s.workers_status(now)
+    assert w["name"] == "w1" and w["host"] == "host-w1" and w["pid"] == 100
+    assert w["last_seen_ago"] == 1.5
+    assert w["running"] == [f"map {c.index}"]
+    assert w["tasks_done"] == 1 and w["tasks_failed"] == 1
+
+
+def test_job_status_reports_failure_and_frozen_elapsed():
+    sim = Sim(1, 1, max_attempts=1)
+    sim.now = 2.0
+    sim.hello("w1")
+    a = sim.assign("w1")
+    sim.now = 5.0
+    sim.fail("w1", a.attempt)
+    job = sim.s.job_status(100.0)
+    assert job["state"] == "FAILED"
+    assert "map task 0" in job["failure"]
+    assert job["elapsed"] == 3.0
+
+
+# --- suspected bugs (xfail strict: each documents a defect in scheduler.py) -----------
+
+
+@pytest.mark.xfail(strict=True, reason="a registered worker's Hello after the end gets Exit but told_exit stays False")
+def test_hello_after_end_from_registered_worker_counts_as_told():
+    sim, _ = _all_reduces_done(1)
+    sim.s.output_committed(1.0)
+    out = sim.s.on_message(Hello(worker="w1", inc="1"), 1.0)
+    assert out == [Send("w1", Exit(reason="the job is over", ok=True))]
+    # w1 is the only live worker and it has been told to exit.
+    assert sim.s.can_stop(1.0)
+
+
+@pytest.mark.xfail(strict=True, reason="Exit to an unregistered/new worker says ok=True after a FAILED job")
+def test_exit_after_failed_job_is_not_ok_for_every_sender():
+    sim = Sim(1, 1, max_attempts=1)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    sim.fail("w1", a.attempt)
+    assert sim.s.state == JobState.FAILED
+    # A registered worker is told ok=False ...
+    assert sim.request("w1") == [Send("w1", Exit(reason="the job is over", ok=False))]
+    # ... but a newcomer's Hello and an unknown worker's message are told ok=True.
+    assert sim.s.on_message(Hello(worker="late", inc="1"), 1.0) == [
+        Send("late", Exit(reason="the job is over", ok=False))
+    ]
+    assert sim.s.on_message(Request(worker="ghost", inc="1"), 1.0) == [
+        Send("ghost", Exit(reason="the job is over", ok=False))
+    ]
+
+
+@pytest.mark.xfail(strict=True, reason="the attempt that failed the job stays RUNNING, in `attempts`, owned by nobody")
+def test_task_that_failed_the_job_is_not_left_running():
+    sim = Sim(1, 1, max_attempts=1)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    sim.fail("w1", a.attempt)
+    assert sim.s.state == JobState.FAILED
+    task = sim.s.tasks[(MAP, 0)]
+    # Expected: no RUNNING task without a worker that holds its attempt.
+    assert not (task.state == TaskState.RUNNING and a.attempt not in sim.s.workers["w1"].running)
+    assert sim.s.job_status(2.0)["maps"]["RUNNING"] == 0
+
+
+# --- the stateful test: fake workers against a reference model -----------------------
+
+NAMES = ("w1", "w2", "w3")
+LOST_ERR = TaskError(kind="Killed", message="signal 9")
+TERMINAL = (JobState.SUCCEEDED, JobState.FAILED)
+
+
+class ModelWorker:
+    def __init__(self, inc: str, now: float):
+        self.inc = inc
+        self.last_seen = now
+        self.running: Set[int] = set()
+        self.waiting = False
+        self.told = False
+
+
+def norm(action):
+    """A comparable form of an action (ignoring free-text reasons and Exit.ok)."""
+    if isinstance(action, Send):
+        m = action.message
+        if isinstance(m, Wait):
+            return ("Wait", action.worker, m.retry_after)
+        return (type(m).__name__, action.worker)
+    if isinstance(action, Greet):
+        return ("Greet", action.worker)
+    if isinstance(action, CommitOutput):
+        return ("Commit", action.reduce_outputs)
+    if isinstance(action, JobFinished):
+        f = action.failure
+        return ("JobFinished", action.ok, f.task if f else None, f.error.kind if f and f.error else None)
+    raise AssertionError(f"unexpected action {action!r}")
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Workers w1..w3 (processes that may restart) talk to one scheduler.
+
+    The model predicts every action except which READY task an Assign picks, and
+    the scheduler's task states, attempts, workers, counters and deadlines.
+    """
+
+    # --- set-up ----------------------------------------------------------------
+
+    @initialize(
+        num_maps=st.integers(1, 4),
+        num_reduces=st.integers(1, 3),
+        max_attempts=st.sampled_from([1, 2, 3, 5]),
+        max_losses=st.sampled_from([1, 2, 4, 8]),
+    )
+    def setup(self, num_maps, num_reduces, max_attempts, max_losses):
+        self.cfg = config(max_attempts=max_attempts, max_worker_losses=max_losses)
+        self.s = Scheduler(num_maps, num_reduces, self.cfg)
+        self.nm, self.nr = num_maps, num_reduces
+        self.now = 0.0
+        # The fake processes.
+        self.proc_inc: Dict[str, str] = {}
+        self.old_incs: Dict[str, List[str]] = defaultdict(list)
+        self.inc_counter = 0
+        self.held: Dict[str, Set[int]] = defaultdict(set)
+        self.task_of: Dict[int, Tuple[str, int]] = {}  # every attempt ever assigned
+        # The reference model.
+        self.m_workers: Dict[str, ModelWorker] = {}
+        self.m_live: Dict[int, Tuple[Tuple[str, int], str]] = {}
+        self.m_finished: Set[Tuple[str, int]] = set()
+        self.m_outputs: Dict[int, str] = {}
+        self.m_failures: Counter = Counter()
+        self.m_losses: Counter = Counter()
+        self.m_state = JobState.MAPPING
+        self.m_dropped: Counter = Counter()
+        self.m_exit_deadline: Optional[float] = None
+        self.m_workers_lost = 0
+        # Observations.
+        self.max_finished: Counter = Counter()
+        self.frozen = None  # task states at the moment the job ended
+        self.hello("w1", restart=False)  # one worker from the start keeps most rules enabled
+
+    # --- the model ---------------------------------------------------------------
+
+    def m_terminal(self) -> bool:
+        return self.m_state in TERMINAL
+
+    def m_maps_done(self) -> bool:
+        return all((MAP, i) in self.m_finished for i in range(self.nm))
+
+    def m_task_state(self, key) -> TaskState:
+        if key in self.m_finished:
+            return TaskState.FINISHED
+        if any(k == key for k, _ in self.m_live.values()):
+            return TaskState.RUNNING
+        if key[0] == REDUCE and not self.m_maps_done():
+            return TaskState.BLOCKED
+        return TaskState.READY
+
+    def m_ready(self) -> List[Tuple[str, int]]:
+        return [k for k in self.s.tasks if self.m_task_state(k) == TaskState.READY]
+
+    def m_wake(self) -> list:
+        out = []
+        for name, w in self.m_workers.items():
+            if w.waiting:
+                w.waiting = False
+                out.append(("Wake", name))
+        return out
+
+    def m_requeue(self, attempt: int) -> list:
+        del self.m_live[attempt]
+        return self.m_wake()
+
+    def m_end(self) -> list:
+        self.m_exit_deadline = self.now + self.cfg.exit_grace
+        out = []
+        for name, w in self.m_workers.items():
+            if w.waiting:
+                w.told, w.waiting = True, False
+                out.append(("Exit", name))
+        return out
+
+    def m_fail(self, key, error_kind) -> list:
+        self.m_state = JobState.FAILED
+        return [("JobFinished", False, key, error_kind)] + self.m_end()
+
+    def m_retry_or_fail(self, key, attempt, error_kind) -> list:
+        if self.m_failures[key] >= self.cfg.max_attempts or self.m_losses[key] >= self.cfg.max_worker_losses:
+            return self.m_fail(key, error_kind)
+        return self.m_requeue(attempt)
+
+    def m_lose(self, name: str) -> list:
+        w = self.m_workers.pop(name)
+        self.m_workers_lost += 1
+        if self.m_terminal():
+            return []
+        out = []
+        for attempt in sorted(w.running):
+            key = self.m_live[attempt][0]
+            self.m_losses[key] += 1
+            out += self.m_retry_or_fail(key, attempt, "WorkerLost")
+            if self.m_terminal():
+                break
+        return out
+
+    def m_attempt_failed(self, w: ModelWorker, attempt: int, error_kind: str, lost: bool) -> list:
+        key = self.m_live[attempt][0]
+        w.running.discard(attempt)
+        if lost:
+            self.m_losses[key] += 1
+        else:
+            self.m_failures[key] += 1
+        return self.m_retry_or_fail(key, attempt, error_kind)
+
+    def m_hello(self, name: str, inc: str) -> list:
+        if self.m_terminal():
+            return [("Exit", name)]
+        out = []
+        known = self.m_workers.get(name)
+        if known is not None and known.inc != inc:
+            out += self.m_lose(name)
+            known = None
+            if self.m_terminal():
+                return out + [("Exit", name)]
+        if known is None:
+            self.m_workers[name] = ModelWorker(inc, self.now)
+        else:
+            known.last_seen = self.now
+        return out + [("Greet", name)]
+
+    def m_message(self, msg) -> Tuple[list, bool]:
+        """Predicted actions (normalized) and whether exactly one Assign is expected."""
+        if isinstance(msg, Hello):
+            return self.m_hello(msg.worker, msg.inc), False
+        w = self.m_workers.get(msg.worker)
+        if w is None or w.inc != msg.inc:
+            if self.m_terminal():
+                return [("Exit", msg.worker)], False
+            self.m_dropped["unknown_worker"] += 1
+            return [("Reregister", msg.worker)], False
+        w.last_seen = self.now
+        if self.m_terminal():
+            w.told, w.waiting = True, False
+            return [("Exit", msg.worker)], False
+        if isinstance(msg, Heartbeat):
+            return [("Ack", msg.worker)], False
+        if isinstance(msg, Request):
+            out = []
+            for attempt in sorted(w.running - set(msg.running)):
+                event("lost in transit")
+                w.running.discard(attempt)
+                out += self.m_requeue(attempt)
+            w.waiting = False
+            if not self.m_ready():
+                w.waiting = True
+                return out + [("Wait", msg.worker, self.cfg.retry_after)], False
+            return out, True
+        # Done or Failed
+        live = self.m_live.get(msg.attempt)
+        if live is None or live[1] != msg.worker:
+            self.m_dropped["stale_attempt"] += 1
+            event("stale attempt")
+            return [], False
+        key = live[0]
+        if isinstance(msg, Failed):
+            return self.m_attempt_failed(w, msg.attempt, msg.error.kind, msg.lost), False
+        bad = (not msg.output) if key[0] == REDUCE else any(p.partition >= self.nr for p in msg.parts)
+        if bad:
+            self.m_dropped["bad_completion"] += 1
+            return self.m_attempt_failed(w, msg.attempt, "ProtocolError", False), False
+        w.running.discard(msg.attempt)
+        del self.m_live[msg.attempt]
+        self.m_finished.add(key)
+        if key[0] == REDUCE:
+            self.m_outputs[key[1]] = msg.output
+        if key[0] == MAP and self.m_maps_done():
+            self.m_state = JobState.REDUCING
+            return self.m_wake(), False
+        if key[0] == REDUCE and all((REDUCE, i) in self.m_finished for i in range(self.nr)):
+            self.m_state = JobState.COMMITTING
+            return [("Commit", tuple(self.m_outputs[i] for i in range(self.nr)))], False
+        return [], False
+
+    def m_tick(self) -> list:
+        out = []
+        limit = self.now - self.cfg.worker_timeout
+        for name in [n for n, w in self.m_workers.items() if w.last_seen <= limit]:
+            out += self.m_lose(name)
+        return out
+
+    # --- driving the scheduler -------------------------------------------------------
+
+    def check_actions(self, actual, expected, expect_assign, was_terminal):
+        got_assigns = [a for a in actual if isinstance(a, Assign)]
+        others = [norm(a) for a in actual if not isinstance(a, Assign)]
+        assert Counter(others) == Counter(expected), (actual, expected)
+        if was_terminal or self.m_terminal():
+            assert got_assigns == [], "an Assign after the job ended"
+        assert len(got_assigns) == (1 if expect_assign else 0), (actual, expect_assign)
+        return got_assigns
+
+    def send(self, msg, deliver: bool = True):
+        was_terminal = self.m_terminal()
+        ready_before = set(self.m_ready()) if isinstance(msg, Request) else set()
+        maps_finished_before = self.m_maps_done()
+        actual = self.s.on_message(msg, self.now)
+        expected, expect_assign = self.m_message(msg)
+        for a in self.check_actions(actual, expected, expect_assign, was_terminal):
+            key = (a.kind, a.index)
+            assert a.worker == msg.worker
+            assert key in set(self.m_ready()) | ready_before, f"{key} was not READY"
+            assert a.attempt not in self.task_of, "attempt numbers are never reused"
+            event(f"assigned a {a.kind}")
+            if a.kind == REDUCE:
+                assert maps_finished_before and self.m_maps_done(), "reduce assigned before every map finished"
+                assert all(self.s.tasks[(MAP, i)].state == TaskState.FINISHED for i in range(self.nm))
+            self.task_of[a.attempt] = key
+            self.m_live[a.attempt] = (key, msg.worker)
+            self.m_workers[msg.worker].running.add(a.attempt)
+            if deliver:
+                self.held[msg.worker].add(a.attempt)
+            else:  # the driver could not send it
+                event("undeliverable")
+                expected = []
+                self.m_workers[msg.worker].running.discard(a.attempt)
+                expected += self.m_requeue(a.attempt)
+                again = self.s.assignment_undeliverable(a.attempt, self.now)
+                assert Counter(norm(x) for x in again) == Counter(expected)
+        self.after_step()
+        return actual
+
+    def after_step(self):
+        if self.m_terminal() and self.frozen is None:
+            event(f"job {self.m_state.value}")
+            self.frozen = {k: t.state for k, t in self.s.tasks.items()}
+
+    def started(self) -> List[str]:
+        return [n for n in NAMES if n in self.proc_inc]
+
+    # --- rules ---------------------------------------------------------------------
+
+    @rule(name=st.sampled_from(NAMES), restart=st.booleans())
+    def hello(self, name, restart):
+        if restart or name not in self.proc_inc:
+            if name in self.proc_inc:
+                self.old_incs[name].append(self.proc_inc[name])
+            self.inc_counter += 1
+            self.proc_inc[name] = f"inc{self.inc_counter}"
+            self.held[name] = set()  # a new process holds nothing
+        self.send(Hello(worker=name, inc=self.proc_inc[name]))
+
+    @precondition(lambda self: self.started())
+    @rule(data=st.data(), deliver=st.sampled_from([True, True, True, False]), forget=st.booleans())
+    def request(self, data, deliver, forget):
+        name = data.draw(st.sampled_from(self.started()), label="worker")
+        if forget and self.held[name]:
+            # A Task message that never arrived: the worker does not hold it.
+            lost = data.draw(st.sampled_from(sorted(self.held[name])), label="lost in transit")
+            self.held[name].discard(lost)
+        self.send(Request(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))), deliver)
+
+    @precondition(lambda self: self.started())
+    @rule(data=st.data())
+    def heartbeat(self, data):
+        name = data.draw(st.sampled_from(self.started()), label="worker")
+        self.send(Heartbeat(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))))
+
+    def done_message(self, name, inc, attempt, data, bad=False):
+        kind, index = self.task_of[attempt]
+        if kind == MAP:
+            partitions = data.draw(st.sets(st.integers(0, self.nr - 1), max_size=self.nr), label="partitions")
+            if bad:
+                partitions = set(partitions) | {self.nr}
+            parts = tuple(PartFile(partition=p, path=f"m{index}-a{attempt}-p{p}") for p in sorted(partitions))
+            return Done(worker=name, inc=inc, attempt=attempt, parts=parts)
+        output = "" if bad else f"r{index}-a{attempt}"
+        return Done(worker=name, inc=inc, attempt=attempt, output=output)
+
+    @precondition(lambda self: any(self.held.values()))
+    @rule(data=st.data(), bad=st.sampled_from([False] * 7 + [True]))
+    def done(self, data, bad):
+        name = data.draw(st.sampled_from(sorted(n for n in self.held if self.held[n])), label="worker")
+        attempt = data.draw(st.sampled_from(sorted(self.held[name])), label="attempt")
+        self.held[name].discard(attempt)
+        self.send(self.done_message(name, self.proc_inc[name], attempt, data, bad))
+
+    @precondition(lambda self: any(self.held.values()))
+    @rule(data=st.data())
+    def done_then_request(self, data):
+        """The usual cycle of a worker: report a good completion and ask for more."""
+        name = data.draw(st.sampled_from(sorted(n for n in self.held if self.held[n])), label="worker")
+        attempt = data.draw(st.sampled_from(sorted(self.held[name])), label="attempt")
+        self.held[name].discard(attempt)
+        self.send(self.done_message(name, self.proc_inc[name], attempt, data))
+        self.send(Request(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))))
+
+    @precondition(lambda self: any(self.held.values()))
+    @rule(data=st.data(), lost=st.booleans())
+    def failed(self, data, lost):
+        name = data.draw(st.sampled_from(sorted(n for n in self.held if self.held[n])), label="worker")
+        attempt = data.draw(st.sampled_from(sorted(self.held[name])), label="attempt")
+        self.held[name].discard(attempt)
+        error = LOST_ERR if lost else ERR
+        self.send(Failed(worker=name, inc=self.proc_inc[name], attempt=attempt, error=error, lost=lost))
+
+    @precondition(lambda self: self.task_of and self.started())
+    @rule(data=st.data())
+    def stale_done(self, data):
+        """A duplicate, late, foreign or old-incarnation completion of any attempt ever seen."""
+        name = data.draw(st.sampled_from(self.started()), label="worker")
+        attempt = data.draw(st.sampled_from(sorted(self.task_of)), label="attempt")
+        incs = [self.proc_inc[name]] + self.old_incs[name]
+        inc = data.draw(st.sampled_from(incs), label="inc")
+        if inc == self.proc_inc[name]:
+            self.held[name].discard(attempt)
+        self.send(self.done_message(name, inc, attempt, data))
+
+    @rule(
+        dt=st.one_of(
+            st.floats(0, 1.0), st.floats(0, 2.0), st.floats(0, 3.0),  # usually short
+            st.floats(TIMEOUT - 0.5, 2.5 * TIMEOUT), st.just(TIMEOUT),  # sometimes past the timeout
+        )
+    )
+    def tick(self, dt):
+        self.now += dt
+        was_terminal = self.m_terminal()
+        actual = self.s.on_tick(self.now)
+        expected = self.m_tick()
+        self.check_actions(actual, expected, False, was_terminal)
+        self.after_step()
+
+    @precondition(lambda self: self.m_state == JobState.COMMITTING)
+    @rule(ok=st.sampled_from([True, True, True, False]))
+    def commit(self, ok):
+        if ok:
+            actual = self.s.output_committed(self.now)
+            self.m_state = JobState.SUCCEEDED
+            expected = [("JobFinished", True, None, None)] + self.m_end()
+        else:
+            actual = self.s.commit_failed("disk full", self.now)
+            expected = self.m_fail(("job", 0), None)
+        self.check_actions(actual, expected, False, False)
+        self.after_step()
+
+    # --- invariants ------------------------------------------------------------------
+
+    @invariant()
+    def every_task_in_exactly_one_state(self):
+        counts = Counter(t.state for t in self.s.tasks.values())
+        assert sum(counts.values()) == self.nm + self.nr
+        assert all(isinstance(t.state, TaskState) for t in self.s.tasks.values())
+        for kind, n in ((MAP, self.nm), (REDUCE, self.nr)):
+            status = self.s.job_status(self.now)["maps" if kind == MAP else "reduces"]
+            assert sum(status.values()) == n
+            assert set(status) == {"BLOCKED", "READY", "RUNNING", "FINISHED"}
+
+    @invariant()
+    def running_tasks_and_only_they_have_an_owned_attempt(self):
+        if self.m_terminal():
+            return  # see test_task_that_failed_the_job_is_not_left_running
+        running_attempts = set()
+        for key, task in self.s.tasks.items():
+            if task.state == TaskState.RUNNING:
+                assert task.attempt is not None
+                record = self.s.attempts[task.attempt]
+                assert record.task == key and record.worker == task.worker
+                assert task.worker in self.s.workers
+                assert task.attempt in self.s.workers[task.worker].running
+                running_attempts.add(task.attempt)
+            else:
+                assert task.attempt is None
+                if task.state != TaskState.FINISHED:  # a FINISHED task remembers who ran it
+                    assert task.worker is None
+        # `attempts` holds only RUNNING attempts, and workers hold only live attempts.
+        assert set(self.s.attempts) == running_attempts
+        for name, w in self.s.workers.items():
+            assert all(self.s.attempts[a].worker == name for a in w.running)
+        assert set().union(*[w.running for w in self.s.workers.values()]) == running_attempts
+
+    @invariant()
+    def ready_queue_matches_ready_tasks(self):
+        if self.m_terminal():
+            assert len(self.s.ready) == 0
+            return
+        ready = [k for k, t in self.s.tasks.items() if t.state == TaskState.READY]
+        assert sorted(self.s.ready) == sorted(ready)
+
+    @invariant()
+    def reduces_blocked_until_all_maps_finished(self):
+        maps_done = all(self.s.tasks[(MAP, i)].state == TaskState.FINISHED for i in range(self.nm))
+        for i in range(self.nr):
+            if not maps_done:
+                assert self.s.tasks[(REDUCE, i)].state == TaskState.BLOCKED
+
+    @invariant()
+    def finished_counts_never_decrease(self):
+        for kind in (MAP, REDUCE):
+            count = self.s.finished_counts[kind]
+            assert count >= self.max_finished[kind]
+            self.max_finished[kind] = count
+            assert count == sum(1 for k, t in self.s.tasks.items() if k[0] == kind and t.state == TaskState.FINISHED)
+
+    @invariant()
+    def agrees_with_the_model(self):
+        assert self.s.state == self.m_state
+        assert dict(self.s.dropped) == {k: v for k, v in self.m_dropped.items() if v}
+        assert list(self.s.workers) == list(self.m_workers)
+        assert {n: w.inc for n, w in self.s.workers.items()} == {n: w.inc for n, w in self.m_workers.items()}
+        assert self.s.workers_lost == self.m_workers_lost
+        for key, task in self.s.tasks.items():
+            assert task.failures == self.m_failures[key]
+            assert task.worker_losses == self.m_losses[key]
+        if not self.m_terminal():
+            for key, task in self.s.tasks.items():
+                assert task.state == self.m_task_state(key), key
+            assert set(self.s.attempts) == set(self.m_live)
+            for name, w in self.s.workers.items():
+                assert w.running == self.m_workers[name].running
+                assert w.waiting == self.m_workers[name].waiting
+        elif self.frozen is not None:
+            # Nothing moves once the job is over.
+            assert {k: t.state for k, t in self.s.tasks.items()} == self.frozen
+
+    @invariant()
+    def deadlines_and_stopping(self):
+        deadlines = [w.last_seen + self.cfg.worker_timeout for w in self.m_workers.values()]
+        if self.m_exit_deadline is not None:
+            deadlines.append(self.m_exit_deadline)
+        assert self.s.next_deadline() == (min(deadlines) if deadlines else None)
+        if self.m_terminal():
+            told = all(w.told for w in self.m_workers.values())
+            expected = told or self.now >= self.m_exit_deadline
+        else:
+            expected = False
+        assert self.s.can_stop(self.now) == expected
+
+
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_scheduler_state_machine = SchedulerMachine.TestCase
