@@ -270,3 +270,55 @@ def sequential_wordcount_lines(stream):
     for raw in stream:
         counts.update(WORD.findall(raw.decode("utf-8")))
     return counts
+
+
+def test_cpu_bound_mapper_does_not_starve_heartbeats(procs, tmp_path):
+    """A mapper that spins for 4 s, with a 1.5 s worker timeout: the worker is never lost."""
+    job = write_job(tmp_path, """
+        import time
+        def mapper(path, line):
+            end = time.time() + 4
+            while time.time() < end:
+                pass
+            yield "spun", 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+    source = tmp_path / "one-line.txt"
+    source.write_text("x\n")
+    out = tmp_path / "out"
+    result = procs.run(zmqmr_command("local", "--workers", 1, "--job", job, "--input", source, "--output", out,
+                                     "--heartbeat-interval", 0.2, "--worker-timeout", 1.5))
+    assert result.returncode == 0, result.stderr
+    assert "lost" not in result.stderr
+    assert read_output(out) == {"spun": "1"}
+
+
+def test_worker_restarted_under_the_same_name_takes_over_at_once(procs, corpus, tmp_path):
+    """A restarted worker says hello with a new incarnation: its old tasks are re-queued without
+    waiting for the worker timeout (set to a minute here)."""
+    flag = tmp_path / "stalled-once"
+    job = write_job(tmp_path, f"""
+        import os, re, time
+        def mapper(path, line):
+            if not os.path.exists({str(flag)!r}):
+                open({str(flag)!r}, "w").close()
+                time.sleep(60)
+            yield from ((w, 1) for w in re.findall(r"[^\\W\\d_]+", line))
+        def reducer(word, counts):
+            yield word, sum(counts)
+        """)
+    port = free_port()
+    out = tmp_path / "out"
+    endpoint = f"tcp://127.0.0.1:{port}"
+    driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
+                                       "--port", port, "--worker-timeout", 60))
+    first = procs.start(zmqmr_command("worker", "--driver", endpoint, "--name", "alpha"))
+    wait_for(flag.exists, 30, "the stalled attempt")
+    first.kill()
+    second = procs.start(zmqmr_command("worker", "--driver", endpoint, "--name", "alpha"))
+    result = finish(driver, timeout=40)
+    assert result.returncode == 0, result.stderr
+    assert "worker alpha lost: it restarted as a new process" in result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus)
+    assert finish(second).returncode == 0
