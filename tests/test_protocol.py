@@ -253,7 +253,6 @@ def test_version_is_checked_before_type():
     assert reason_of(pack({"v": 2, "t": "no-such-type"})) == "version"
 
 
-@pytest.mark.xfail(strict=True, reason="decode compares the version with ==, so True and 1.0 pass as 1")
 @pytest.mark.parametrize("version", [True, 1.0], ids=repr)
 def test_version_must_be_the_integer_1(version):
     body = body_of(MESSAGE_SAMPLES["hello"])
@@ -579,10 +578,6 @@ def test_nesting_beyond_msgpack_stack_is_malformed(depth):
     assert reason_of(frame) == "malformed"
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "a value nested ~990-1023 levels deep (msgpack accepts up to 1024) makes the "
-    "error message's repr() exceed Python's recursion limit: decode raises "
-    "RecursionError instead of ProtocolError"))
 @pytest.mark.parametrize("field", ["t", "v", "running", "error.kind"])
 def test_deeply_nested_value_raises_protocol_error(field):
     for depth in range(900, 1100):

@@ -8,6 +8,7 @@ routing-id frame in front of it. See docs/protocol.md.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type
 
@@ -38,11 +39,18 @@ class Check:
         raise NotImplementedError
 
 
+_short = reprlib.Repr()
+_short.maxlevel = 3
+_short.maxstring = _short.maxother = 40
+
+
+def shown(value: Any) -> str:
+    """A short repr that is safe on hostile values (deep nesting, huge strings)."""
+    return _short.repr(value)
+
+
 def _fail(where: str, expected: str, value: Any) -> ProtocolError:
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return ProtocolError("schema", f"{where}: expected {expected}, got {shown}")
+    return ProtocolError("schema", f"{where}: expected {expected}, got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -411,9 +419,12 @@ def peek_envelope(frame: bytes) -> Tuple[Any, Any, Any]:
 def decode(frame: bytes, allowed: Dict[str, Type[Message]]) -> Message:
     """Decode and validate one message frame, or raise ProtocolError with a reason."""
     version, mtype, body = peek_envelope(frame)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError("version", f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError("version", f"protocol version {shown(version)}, expected {PROTOCOL_VERSION}")
     cls = allowed.get(mtype) if isinstance(mtype, str) else None
     if cls is None:
-        raise ProtocolError("unknown_type", repr(mtype)[:60])
-    return from_fields(cls, body, mtype)
+        raise ProtocolError("unknown_type", shown(mtype))
+    try:
+        return from_fields(cls, body, mtype)
+    except RecursionError:
+        raise ProtocolError("malformed", "nested too deeply") from None
