@@ -511,8 +511,8 @@ def test_restart_counts_as_a_worker_loss():
     actions = sim.hello("w1", inc="b")
     [fin] = finished(actions)
     assert fin.failure.task == (MAP, 0)
-    # The restarted process cannot take part in a job that is over.
-    assert actions[-1] == Send("w1", Exit(reason="the job is over"))
+    # The restarted process cannot take part in a job that is over (and failed).
+    assert actions[-1] == Send("w1", Exit(reason="the job is over", ok=False))
     assert Greet("w1") not in actions
 
 
@@ -831,10 +831,9 @@ def test_job_status_reports_failure_and_frozen_elapsed():
     assert job["elapsed"] == 3.0
 
 
-# --- suspected bugs (xfail strict: each documents a defect in scheduler.py) -----------
+# --- the job's end: who is told, and what is left running -----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a registered worker's Hello after the end gets Exit but told_exit stays False")
 def test_hello_after_end_from_registered_worker_counts_as_told():
     sim, _ = _all_reduces_done(1)
     sim.s.output_committed(1.0)
@@ -844,7 +843,6 @@ def test_hello_after_end_from_registered_worker_counts_as_told():
     assert sim.s.can_stop(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="Exit to an unregistered/new worker says ok=True after a FAILED job")
 def test_exit_after_failed_job_is_not_ok_for_every_sender():
     sim = Sim(1, 1, max_attempts=1)
     sim.hello("w1")
@@ -862,7 +860,6 @@ def test_exit_after_failed_job_is_not_ok_for_every_sender():
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="the attempt that failed the job stays RUNNING, in `attempts`, owned by nobody")
 def test_task_that_failed_the_job_is_not_left_running():
     sim = Sim(1, 1, max_attempts=1)
     sim.hello("w1")
@@ -997,6 +994,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def m_retry_or_fail(self, key, attempt, error_kind) -> list:
         if self.m_failures[key] >= self.cfg.max_attempts or self.m_losses[key] >= self.cfg.max_worker_losses:
+            del self.m_live[attempt]  # the attempt that failed the job is not left RUNNING
             return self.m_fail(key, error_kind)
         return self.m_requeue(attempt)
 
@@ -1025,6 +1023,9 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def m_hello(self, name: str, inc: str) -> list:
         if self.m_terminal():
+            known = self.m_workers.get(name)
+            if known is not None and known.inc == inc:
+                known.told, known.waiting = True, False
             return [("Exit", name)]
         out = []
         known = self.m_workers.get(name)

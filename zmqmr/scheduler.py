@@ -183,7 +183,7 @@ class Scheduler:
         worker = self._known_worker(msg, now)
         if worker is None:
             if self.state in TERMINAL:
-                return [Send(msg.worker, protocol.Exit(reason="the job is over"))]
+                return [Send(msg.worker, self._exit_message())]
             self.dropped["unknown_worker"] += 1
             return [Send(msg.worker, protocol.Reregister(reason="unknown worker; say hello"))]
         worker.last_seen = now
@@ -249,15 +249,17 @@ class Scheduler:
     # --- message handlers ------------------------------------------------------------
 
     def _on_hello(self, msg: protocol.Hello, now: float) -> List[Action]:
-        if self.state in TERMINAL:
-            return [Send(msg.worker, protocol.Exit(reason="the job is over"))]
-        actions: List[Action] = []
         known = self.workers.get(msg.worker)
+        if self.state in TERMINAL:
+            if known is not None and known.inc == msg.inc:
+                return self._tell_exit(known)
+            return [Send(msg.worker, self._exit_message())]
+        actions: List[Action] = []
         if known is not None and known.inc != msg.inc:
             actions += self._lose_worker(known, now, "it restarted as a new process")
             known = None
             if self.state in TERMINAL:
-                return actions + [Send(msg.worker, protocol.Exit(reason="the job is over"))]
+                return actions + [Send(msg.worker, self._exit_message())]
         if known is None:
             self.workers[msg.worker] = WorkerRecord(
                 msg.worker, msg.inc, msg.host, msg.pid, registered_at=now, last_seen=now
@@ -362,26 +364,34 @@ class Scheduler:
         return self._retry_or_fail(task, attempt, now, "failed")
 
     def _retry_or_fail(self, task: TaskRecord, attempt: int, now: float, what: str) -> List[Action]:
+        reason = ""
         if task.failures >= self.config.max_attempts:
             reason = f"{task.name} failed {task.failures} times (--max-attempts {self.config.max_attempts})"
-            return self._fail_job(task, reason, task.last_error, now)
-        if task.worker_losses >= self.config.max_worker_losses:
+        elif task.worker_losses >= self.config.max_worker_losses:
             reason = (
                 f"{task.name} lost its worker {task.worker_losses} times "
                 f"(--max-worker-losses {self.config.max_worker_losses})"
             )
+        if reason:
+            self._stop_attempt(task, attempt)
             return self._fail_job(task, reason, task.last_error, now)
         log.info("%s attempt %d %s; retrying", task.name, attempt, what)
         return self._requeue(task, attempt, now)
 
-    def _requeue(self, task: TaskRecord, attempt: int, now: float) -> List[Action]:
-        """Put a running task back to READY, at the front so that retries go first."""
+    def _stop_attempt(self, task: TaskRecord, attempt: int) -> bool:
+        """Forget a live attempt; the task is READY again (not queued). False if it was stale."""
         self.attempts.pop(attempt, None)
         if task.attempt != attempt or task.state != TaskState.RUNNING:
-            return []
+            return False
         task.state = TaskState.READY
         task.attempt = None
         task.worker = None
+        return True
+
+    def _requeue(self, task: TaskRecord, attempt: int, now: float) -> List[Action]:
+        """Put a running task back to READY, at the front so that retries go first."""
+        if not self._stop_attempt(task, attempt):
+            return []
         self.ready.appendleft(task.key)
         return self._wake_waiting()
 
@@ -439,8 +449,10 @@ class Scheduler:
     def _tell_exit(self, worker: WorkerRecord) -> List[Action]:
         worker.told_exit = True
         worker.waiting = False
-        ok = self.state == JobState.SUCCEEDED
-        return [Send(worker.name, protocol.Exit(reason="the job is over", ok=ok))]
+        return [Send(worker.name, self._exit_message())]
+
+    def _exit_message(self) -> protocol.Exit:
+        return protocol.Exit(reason="the job is over", ok=self.state == JobState.SUCCEEDED)
 
     def _known_worker(self, msg: protocol.Message, now: float) -> Optional[WorkerRecord]:
         worker = self.workers.get(getattr(msg, "worker", ""))
