@@ -10,6 +10,8 @@ import textwrap
 import msgpack
 import zmq
 
+from zmqmr import status
+
 from conftest import (alive, child_pids, counts_of, finish, free_port, make_corpus, read_output,
                       sequential_wordcount, wait_for, zmqmr_command)
 
@@ -322,3 +324,26 @@ def test_worker_restarted_under_the_same_name_takes_over_at_once(procs, corpus, 
     assert "worker alpha lost: it restarted as a new process" in result.stderr
     assert counts_of(out) == sequential_wordcount(corpus)
     assert finish(second).returncode == 0
+
+
+def test_interrupted_driver_tells_its_workers_to_leave(procs, corpus, tmp_path):
+    job = write_job(tmp_path, """
+        import time
+        def mapper(path, line):
+            time.sleep(0.5)
+            yield line, 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+    port = free_port()
+    out = tmp_path / "out"
+    driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
+                                       "--port", port))
+    worker = procs.start(zmqmr_command("worker", "--driver", f"tcp://127.0.0.1:{port}"))
+    wait_for(lambda: status.query(f"tcp://127.0.0.1:{port}", "workers", timeout=1), 30, "the worker to register")
+    driver.send_signal(signal.SIGINT)
+    assert finish(driver, timeout=20).returncode == 130
+    result = finish(worker, timeout=10)  # told to leave: no waiting for --driver-timeout
+    assert result.returncode == 0, result.stderr
+    assert "the driver was interrupted" in result.stderr
+    assert not out.exists()

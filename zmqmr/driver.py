@@ -130,6 +130,9 @@ class Driver:
                 now = time.monotonic()
                 self._carry_out(self.scheduler.on_tick(now), now)
                 self._forget_routes()
+        except KeyboardInterrupt:
+            self._tell_everyone(protocol.Exit(reason="the driver was interrupted", ok=False))
+            raise
         finally:
             if not self.succeeded:
                 self.output.abort()
@@ -211,6 +214,11 @@ class Driver:
             log.debug("could not send to a worker: %s", exc)
             return False
 
+    def _tell_everyone(self, message: protocol.Message) -> None:
+        frame = protocol.encode(message)
+        for route in self.routes.values():
+            self._send_frame(route, frame)
+
     def _forget_routes(self) -> None:
         if len(self.routes) > len(self.scheduler.workers):
             self.routes = {n: r for n, r in self.routes.items() if n in self.scheduler.workers}
@@ -247,8 +255,10 @@ class Driver:
         self.succeeded = action.ok
         self.failure = action.failure
         if action.ok:
-            log.info("job %s succeeded in %.2f s", self.plan.job_id,
-                     (self.scheduler.ended_at or 0) - (self.scheduler.started_at or 0))
+            totals = self.scheduler.totals()
+            log.info("job %s succeeded in %.2f s: %d input records (%d bytes) mapped, %d records written",
+                     self.plan.job_id, (self.scheduler.ended_at or 0) - (self.scheduler.started_at or 0),
+                     totals[MAP].records_in, totals[MAP].bytes_in, totals[REDUCE].records_out)
         else:
             print(failure_report(action.failure, self.plan), file=sys.stderr, flush=True)
 

@@ -240,7 +240,6 @@ class Scheduler:
 
     def output_committed(self, now: float) -> List[Action]:
         self.state = JobState.SUCCEEDED
-        log.info("job succeeded")
         return [JobFinished(ok=True)] + self._end(now)
 
     def commit_failed(self, reason: str, now: float) -> List[Action]:
@@ -433,7 +432,7 @@ class Scheduler:
     def _fail_job(self, task: Optional[TaskRecord], reason: str, error: Optional[TaskError], now: float):
         self.state = JobState.FAILED
         self.failure = JobFailure(task.key if task else ("job", 0), reason, error)
-        log.error("job failed: %s", reason)
+        log.debug("job failed: %s", reason)
         return [JobFinished(ok=False, failure=self.failure)] + self._end(now)
 
     def _end(self, now: float) -> List[Action]:
@@ -485,6 +484,17 @@ class Scheduler:
         if task.stats is not None:
             status["stats"] = protocol.to_fields(task.stats)
         return status
+
+    def totals(self) -> Dict[str, protocol.TaskStats]:
+        """Summed stats of the finished (winning) attempts, per phase."""
+        sums = {}
+        for kind in (MAP, REDUCE):
+            stats = [t.stats for t in self.tasks.values() if t.kind == kind and t.stats is not None]
+            sums[kind] = protocol.TaskStats(
+                records_in=sum(s.records_in for s in stats), bytes_in=sum(s.bytes_in for s in stats),
+                records_out=sum(s.records_out for s in stats), seconds=sum(s.seconds for s in stats),
+            )
+        return sums
 
     def tasks_status(self, now: float) -> List[dict]:
         return [self.task_status(kind, index, now) for kind, index in self.tasks]
