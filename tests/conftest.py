@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -116,14 +116,7 @@ class Processes:
         return proc
 
     def run(self, argv: List[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-        proc = self.start(argv, **kwargs)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            raise AssertionError(f"{argv} did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        return finish(self.start(argv, **kwargs), timeout)
 
     def kill_all(self) -> None:
         for proc in self.started:
@@ -172,6 +165,3 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
 
-
-def optional(value: Optional[str]) -> List[str]:
-    return [] if value is None else [value]

@@ -90,10 +90,10 @@ def test_strip_line_ending(raw, line):
 def test_a_file_keeps_the_exact_string_as_key(tmp_path, monkeypatch):
     write(tmp_path / "data" / "a.txt", b"hello\n")
     monkeypatch.chdir(tmp_path)
-    for given in ["data/a.txt", "./data/a.txt", "data//a.txt", "data/../data/a.txt",
-                  str(tmp_path / "data" / "a.txt")]:
-        [f] = expand_inputs([given])
-        assert f.key == given
+    for spelling in ["data/a.txt", "./data/a.txt", "data//a.txt", "data/../data/a.txt",
+                     str(tmp_path / "data" / "a.txt")]:
+        [f] = expand_inputs([spelling])
+        assert f.key == spelling
         assert f.path == str(tmp_path / "data" / "a.txt")
         assert os.path.isabs(f.path)
         assert f.size == 6
