@@ -133,6 +133,9 @@ def _main(prog: str, body: Callable[[Optional[List[str]]], int], argv: Optional[
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. piped into `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 # --- zmqmr-driver and zmqmr-local ----------------------------------------------------------
