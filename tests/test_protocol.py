@@ -23,6 +23,7 @@ TASKERROR = p.TaskError(kind="ValueError", message="bad value ☃", traceback="T
                         location="in/a.txt:12", host="node-1")
 PARTFILE = p.PartFile(partition=3, path="/work/map-1/part-3", size=12345)
 TASKSTATS = p.TaskStats(records_in=10, bytes_in=2**40, records_out=7, seconds=1.25)
+COUNTER = p.CounterValue(group="quality", name="empty lines ✓", value=-3)
 
 RECORD_SAMPLES = {
     p.Segment: SEGMENT,
@@ -30,6 +31,7 @@ RECORD_SAMPLES = {
     p.TaskError: TASKERROR,
     p.PartFile: PARTFILE,
     p.TaskStats: TASKSTATS,
+    p.CounterValue: COUNTER,
 }
 
 # One instance of every message type, every field set to a non-default value.
@@ -39,7 +41,8 @@ MESSAGE_SAMPLES = {
     "heartbeat": p.Heartbeat(worker="w-1", inc="i", running=(0, 5)),
     "done": p.Done(worker="w-1", inc="i", attempt=17,
                    parts=(PARTFILE, p.PartFile(partition=0, path="/x", size=0)),
-                   output="/out/part-00000", stats=TASKSTATS),
+                   output="/out/part-00000", stats=TASKSTATS,
+                   counters=(COUNTER, p.CounterValue(group="zmqmr", name="input records", value=2**40))),
     "failed": p.Failed(worker="w-1", inc="i", attempt=3, error=TASKERROR, lost=True),
     "status": p.StatusQuery(what="task", kind="map", index=7),
     "welcome": p.Welcome(job_id="job-1", job=JOBSPEC, reducers=4, heartbeat_interval=0.5,

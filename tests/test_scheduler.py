@@ -38,6 +38,7 @@ from zmqmr.scheduler import (
     CommitOutput,
     Greet,
     JobFailure,
+    AttemptFailed,
     JobFinished,
     JobState,
     Scheduler,
@@ -619,6 +620,8 @@ def _all_reduces_done(num_reduces=3, order=None):
     order = order or list(range(num_reduces))
     actions = []
     for n, index in enumerate(order):
+        sim.now += 0.5  # completions at distinct times, in `order`
+        sim.heartbeat("w1")
         actions = sim.done("w1", reduce_attempts[index], output=f"out-{index}")
         if n < len(order) - 1:
             assert not [a for a in actions if isinstance(a, CommitOutput)]
@@ -685,11 +688,12 @@ def test_can_stop_after_exit_grace_even_if_a_worker_never_answers():
 
 def test_can_stop_when_the_untold_workers_time_out():
     sim, _ = _all_reduces_done(1)
-    sim.s.output_committed(1.0)
-    assert not sim.s.can_stop(1.0)
-    assert sim.tick(TIMEOUT) == []  # losing a worker after the end does nothing else
+    last_seen = sim.s.workers["w1"].last_seen
+    sim.s.output_committed(last_seen)
+    assert not sim.s.can_stop(last_seen)
+    assert sim.tick(last_seen + TIMEOUT) == []  # losing a worker after the end does nothing else
     assert sim.s.workers == {}
-    assert sim.s.can_stop(TIMEOUT)
+    assert sim.s.can_stop(last_seen + TIMEOUT)
 
 
 def test_no_assign_after_the_job_failed_and_exit_is_not_ok():
@@ -724,7 +728,8 @@ def test_map_done_with_out_of_range_partition_is_a_failed_attempt():
     sim.hello("w1")
     a = sim.assign("w1")
     bad = [PartFile(partition=0, path="p0"), PartFile(partition=2, path="p2")]
-    assert sim.done("w1", a.attempt, parts=bad) == []
+    [report] = sim.done("w1", a.attempt, parts=bad)
+    assert isinstance(report, AttemptFailed) and (report.kind, report.index, report.attempt) == (MAP, 0, a.attempt)
     assert sim.s.dropped["bad_completion"] == 1
     task = sim.s.tasks[(MAP, 0)]
     assert task.state == TaskState.READY
@@ -757,7 +762,8 @@ def test_reduce_done_without_output_is_a_failed_attempt():
     sim = Sim(1, 1)
     sim.finish_maps("w1")
     r = sim.assign("w1")
-    assert sim.done("w1", r.attempt, output="") == []
+    [report] = sim.done("w1", r.attempt, output="")
+    assert isinstance(report, AttemptFailed) and "without an output file" in report.error.message
     assert sim.s.dropped["bad_completion"] == 1
     assert sim.state(REDUCE, 0) == TaskState.READY
     assert sim.s.tasks[(REDUCE, 0)].failures == 1
@@ -836,11 +842,11 @@ def test_job_status_reports_failure_and_frozen_elapsed():
 
 def test_hello_after_end_from_registered_worker_counts_as_told():
     sim, _ = _all_reduces_done(1)
-    sim.s.output_committed(1.0)
-    out = sim.s.on_message(Hello(worker="w1", inc="1"), 1.0)
+    sim.s.output_committed(sim.now)
+    out = sim.s.on_message(Hello(worker="w1", inc="1"), sim.now)
     assert out == [Send("w1", Exit(reason="the job is over", ok=True))]
     # w1 is the only live worker and it has been told to exit.
-    assert sim.s.can_stop(1.0)
+    assert sim.s.can_stop(sim.now)
 
 
 def test_exit_after_failed_job_is_not_ok_for_every_sender():
@@ -902,6 +908,8 @@ def norm(action):
     if isinstance(action, JobFinished):
         f = action.failure
         return ("JobFinished", action.ok, f.task if f else None, f.error.kind if f and f.error else None)
+    if isinstance(action, AttemptFailed):
+        return ("AttemptFailed", (action.kind, action.index), action.attempt, action.worker, action.lost)
     raise AssertionError(f"unexpected action {action!r}")
 
 
@@ -1015,11 +1023,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     def m_attempt_failed(self, w: ModelWorker, attempt: int, error_kind: str, lost: bool) -> list:
         key = self.m_live[attempt][0]
         w.running.discard(attempt)
+        report = [("AttemptFailed", key, attempt, self.m_live[attempt][1], lost)]
         if lost:
             self.m_losses[key] += 1
         else:
             self.m_failures[key] += 1
-        return self.m_retry_or_fail(key, attempt, error_kind)
+        return report + self.m_retry_or_fail(key, attempt, error_kind)
 
     def m_hello(self, name: str, inc: str) -> list:
         if self.m_terminal():

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .errors import UsageError, ZmqmrError
+from .logs import LEVELS, setup_logging
 
 DESCRIPTION = {
     "zmqmr-driver": "Run a MapReduce job: hand out tasks to zmqmr-worker processes and commit the output.",
@@ -64,9 +65,15 @@ positive_seconds = _number(float, 0.001, "a positive number of seconds")
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="store_true", help="log every task assignment and finish")
-    group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    group = parser.add_argument_group("logging")
+    loudness = group.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log everything, every task event included")
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="only warnings and errors on the terminal; no progress display or counters table")
+    group.add_argument("--log-level", choices=LEVELS, default="INFO", type=str.upper,
+                       help="the least important events to log (terminal and --log-file)")
+    group.add_argument("--log-file", metavar="FILE", help="also append the log to FILE")
+    group.add_argument("--log-json", action="store_true", help="log lines as JSON objects")
 
 
 def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None:
@@ -101,17 +108,37 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
                      help="failed attempts of one task before the job fails")
     net.add_argument("--max-worker-losses", type=positive_int, default=8, metavar="N",
                      help="times one task may lose its worker before the job fails")
+    watch = parser.add_argument_group("watching the job")
+    watch.add_argument("--http-port", type=port_number, metavar="PORT",
+                       help="serve a live status page (and /job, /workers, /task/TYPE/ID as JSON) on "
+                            "--bind-host at this port (0: any free port)")
+    watch.add_argument("--counters-json", metavar="FILE",
+                       help="write the job's counters to FILE instead of OUTPUT/_counters.json")
     _add_logging(parser)
 
 
-def _setup_logging(args: argparse.Namespace, name: str, default: int = logging.INFO) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("zmqmr")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+def _setup_logging(args: argparse.Namespace, name: str, default: Optional[int] = None,
+                   live_progress: bool = False) -> None:
+    chosen = getattr(logging, args.log_level)
+    if args.verbose:
+        terminal = logging.DEBUG
+    elif args.quiet:
+        terminal = max(logging.WARNING, chosen)
+    else:
+        terminal = chosen if default is None else max(default, chosen)
+    try:
+        setup_logging(name, terminal, logging.DEBUG if args.verbose else chosen, args.log_file, args.log_json,
+                      hide_task_events=live_progress and not args.verbose)
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {args.log_file}: {exc.strerror}") from None
+
+
+def _shows_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet
+
+
+def _live_progress(args: argparse.Namespace) -> bool:
+    return _shows_progress(args) and sys.stderr.isatty()
 
 
 def _terminate_on_sigterm() -> None:
@@ -167,7 +194,8 @@ def _driver_settings(args: argparse.Namespace):
                              max_worker_losses=args.max_worker_losses,
                              exit_grace=max(2.0, 3 * args.heartbeat_interval))
     return DriverSettings(bind_host=args.bind_host, port=args.port, heartbeat_interval=args.heartbeat_interval,
-                          scheduler=config)
+                          scheduler=config, http_port=args.http_port, counters_json=args.counters_json,
+                          progress=_shows_progress(args), quiet=args.quiet)
 
 
 def _driver(argv: Optional[List[str]]) -> int:
@@ -176,7 +204,7 @@ def _driver(argv: Optional[List[str]]) -> int:
     parser = _parser("zmqmr-driver")
     _add_job_options(parser, default_port=5555)
     args = parser.parse_args(argv)
-    _setup_logging(args, "driver")
+    _setup_logging(args, "driver", live_progress=_live_progress(args))
     return Driver(_plan(args), _driver_settings(args)).run()
 
 
@@ -188,8 +216,11 @@ def _local(argv: Optional[List[str]]) -> int:
                         help="number of worker processes")
     _add_job_options(parser, default_port=0)
     args = parser.parse_args(argv)
-    _setup_logging(args, "driver")
-    return run_local(_plan(args), _driver_settings(args), args.workers, verbose=args.verbose)
+    _setup_logging(args, "driver", live_progress=_live_progress(args))
+    worker_options = ["--log-level", args.log_level] + ["-v"] * args.verbose + ["--log-json"] * args.log_json
+    if args.log_file:
+        worker_options += ["--log-file", args.log_file]
+    return run_local(_plan(args), _driver_settings(args), args.workers, worker_options)
 
 
 # --- zmqmr-worker ------------------------------------------------------------------------------
@@ -221,7 +252,7 @@ def _worker(argv: Optional[List[str]]) -> int:
     settings = WorkerSettings(driver=args.driver, name=args.name, work_dir=args.work_dir,
                               heartbeat_interval=args.heartbeat_interval, driver_timeout=args.driver_timeout)
     worker = Worker(settings)
-    _setup_logging(args, worker.name, logging.WARNING if args.parent_pid else logging.INFO)
+    _setup_logging(args, worker.name, logging.WARNING if args.parent_pid else None)
     return worker.run()
 
 

@@ -7,6 +7,7 @@ decides what happens to a task.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -22,14 +23,21 @@ from . import protocol
 from .errors import OutputError, ProtocolError
 from .inputs import InputFile
 from .output import OutputDir
-from .scheduler import (MAP, REDUCE, Assign, CommitOutput, Greet, JobFailure, JobFinished, Scheduler,
-                        SchedulerConfig, Send)
+from .monitor import SNAPSHOT_INTERVAL, Monitor, failure_report, print_counters, split_bytes
+from .progress import start_progress
+from .scheduler import (MAP, REDUCE, Assign, AttemptFailed, CommitOutput, Greet, JobFailure, JobFinished,
+                        Scheduler, SchedulerConfig, Send)
 
 log = logging.getLogger("zmqmr.driver")
 
 MAX_MESSAGES_PER_ROUND = 1000
 MAX_POLL_SECONDS = 1.0
 BAD_MESSAGE_LOG_INTERVAL = 10.0
+COUNTERS_FILE = "_counters.json"
+
+
+def counters_json(totals: Dict[str, Dict[str, int]]) -> str:
+    return json.dumps(totals, indent=2, ensure_ascii=False) + "\n"
 
 
 @dataclass
@@ -52,6 +60,10 @@ class DriverSettings:
     port: int = 5555
     heartbeat_interval: float = 1.0
     scheduler: SchedulerConfig = SchedulerConfig()
+    http_port: Optional[int] = None  # serve the status page there
+    counters_json: Optional[str] = None  # instead of OUTPUT/_counters.json
+    progress: bool = True  # a progress display (a bar on a terminal, else a line every few seconds)
+    quiet: bool = False  # no counters table at the end
 
 
 class BadMessageLog:
@@ -79,6 +91,12 @@ class Driver:
         self.output = OutputDir(plan.output, plan.job_id)
         self.routes: Dict[str, bytes] = {}
         self.bad = BadMessageLog()
+        self.monitor = Monitor(self.scheduler, plan.job_id, plan.job.name, self.output.path,
+                               [split_bytes(s) for s in plan.splits], len(plan.inputs),
+                               sum(f.size for f in plan.inputs))
+        self.monitor.dropped = self.bad.counts
+        self.status_server = None
+        self.progress = None
         self.reduce_inputs: Optional[List[List[str]]] = None
         self.failure: Optional[JobFailure] = None
         self.succeeded = False
@@ -110,7 +128,23 @@ class Driver:
             self.output.abort()
             raise OutputError(f"cannot listen on {host}:{self.settings.port}: {exc}") from None
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.settings.http_port is not None:
+            self._serve_status_page()
         return self.endpoint
+
+    def _serve_status_page(self) -> None:
+        from .webstatus import StatusServer
+
+        self.status_server = StatusServer(self.settings.bind_host, self.settings.http_port,
+                                          lambda: self.monitor.snapshot)
+        try:
+            port = self.status_server.start()
+        except Exception:
+            self.close()
+            self.output.abort()
+            raise
+        host = self.settings.bind_host
+        log.info("status page on http://%s:%d/", f"[{host}]" if ":" in host else host, port)
 
     def run(self) -> int:
         """Run the job to its end; 0 when it succeeded, 1 when it failed."""
@@ -120,27 +154,40 @@ class Driver:
                  self.plan.job_id, len(self.plan.splits), self.plan.reducers, self.endpoint)
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        if self.settings.progress:
+            self.progress = start_progress(sys.stderr)
+            self.monitor.listeners.append(self.progress.update)
+        longest_poll = SNAPSHOT_INTERVAL if self.monitor.listeners or self.status_server else MAX_POLL_SECONDS
         try:
             now = time.monotonic()
+            self.monitor.refresh(now, force=True)
             while not self.scheduler.can_stop(now):
                 deadline = self.scheduler.next_deadline()
-                timeout = MAX_POLL_SECONDS if deadline is None else min(max(deadline - now, 0.0), MAX_POLL_SECONDS)
+                timeout = longest_poll if deadline is None else min(max(deadline - now, 0.0), longest_poll)
                 if poller.poll(timeout * 1000):
                     self._drain()
                 now = time.monotonic()
                 self._carry_out(self.scheduler.on_tick(now), now)
                 self._forget_routes()
+                self.monitor.refresh(now)
         except KeyboardInterrupt:
             self._tell_everyone(protocol.Exit(reason="the driver was interrupted", ok=False))
             raise
         finally:
+            final = self.monitor.refresh(time.monotonic(), force=True)
+            if self.progress is not None:
+                self.progress.close(final)
             if not self.succeeded:
                 self.output.abort()
             self._remove_intermediate()
             self.close()
+        self._report_counters()
         return 0 if self.succeeded else 1
 
     def close(self) -> None:
+        if self.status_server is not None:
+            self.status_server.stop()
+            self.status_server = None
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
@@ -201,6 +248,8 @@ class Driver:
                 pending += self._commit(action, now)
             elif isinstance(action, JobFinished):
                 self._on_finished(action)
+            elif isinstance(action, AttemptFailed):
+                self.monitor.attempt_failed(action)
 
     def _send_to(self, worker: str, frame: bytes, sender: Tuple[str, bytes]) -> bool:
         route = sender[1] if worker == sender[0] else self.routes.get(worker)
@@ -244,8 +293,11 @@ class Driver:
         return self.reduce_inputs
 
     def _commit(self, action: CommitOutput, now: float):
+        extra = {}
+        if self.settings.counters_json is None:
+            extra[COUNTERS_FILE] = counters_json(self.monitor.counter_totals())
         try:
-            self.output.commit(action.reduce_outputs)
+            self.output.commit(action.reduce_outputs, extra)
         except (OSError, OutputError) as exc:
             return self.scheduler.commit_failed(f"could not commit the output: {exc}", now)
         log.info("output committed to %s", self.output.path)
@@ -260,7 +312,18 @@ class Driver:
                      self.plan.job_id, (self.scheduler.ended_at or 0) - (self.scheduler.started_at or 0),
                      totals[MAP].records_in, totals[MAP].bytes_in, totals[REDUCE].records_out)
         else:
-            print(failure_report(action.failure, self.plan), file=sys.stderr, flush=True)
+            print(failure_report(action.failure, self.plan.job_id), file=sys.stderr, flush=True)
+
+    def _report_counters(self) -> None:
+        totals = self.monitor.counter_totals()
+        if not self.settings.quiet:
+            print_counters(totals)
+        if self.settings.counters_json is not None:
+            try:
+                with open(self.settings.counters_json, "w", encoding="utf-8") as f:
+                    f.write(counters_json(totals))
+            except OSError as exc:
+                log.error("could not write the counters to %s: %s", self.settings.counters_json, exc.strerror)
 
     def _remove_intermediate(self) -> None:
         if self.plan.work_dir:
@@ -279,27 +342,7 @@ class Driver:
             return protocol.StatusReply(ok=True, data=scheduler.workers_status(now))
         if query.what == "tasks":
             return protocol.StatusReply(ok=True, data=scheduler.tasks_status(now))
-        data = scheduler.job_status(now)
-        data.update(job_id=self.plan.job_id, job=self.plan.job.name, output=self.output.path,
-                    inputs=len(self.plan.inputs), input_bytes=sum(f.size for f in self.plan.inputs))
-        data["dropped_messages"] = {**data["dropped_messages"], **self.bad.counts}
-        return protocol.StatusReply(ok=True, data=data)
-
-
-def failure_report(failure: Optional[JobFailure], plan: JobPlan) -> str:
-    """What the user reads when a job fails: which task, where in the input, and the traceback."""
-    if failure is None:
-        return "zmqmr: job failed"
-    lines = [f"zmqmr: job {plan.job_id} failed: {failure.reason}"]
-    error = failure.error
-    if error is not None:
-        lines.append(f"  error:  {error.kind}: {error.message}")
-        if error.location:
-            lines.append(f"  input:  {error.location}")
-        if error.host:
-            lines.append(f"  host:   {error.host}")
-        if error.traceback:
-            lines.append("")
-            lines += ["  " + line for line in error.traceback.splitlines()]
-    lines.append("no _SUCCESS was written; the output directory holds no partial results")
-    return "\n".join(lines)
+        snapshot = self.monitor.build(now)
+        if query.what == "counters":
+            return protocol.StatusReply(ok=True, data=snapshot["counters"])
+        return protocol.StatusReply(ok=True, data={**snapshot["job"], "progress": snapshot["progress"]})

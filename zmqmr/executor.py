@@ -15,7 +15,7 @@ from typing import Optional
 
 import msgpack
 
-from . import protocol
+from . import counters, protocol
 from .errors import JobLoadError, UserCodeError
 from .job import load_job
 from .procutil import describe_exit, die_with_parent
@@ -35,16 +35,19 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
                    worker: str, inc: str) -> protocol.Message:
     """Run one attempt and describe its end as the Done or Failed message for the driver."""
     host = socket.gethostname()
+    counters.start_attempt()
     try:
         job = load_job(welcome.job)
         if task.kind == "map":
             out_dir = map_output_dir(work_dir, welcome.job_id, task.index, task.attempt)
             parts, stats = run_map(job, task.segments, welcome.reducers, out_dir,
                                    welcome.job.encoding, welcome.job.encoding_errors)
-            return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, parts=tuple(parts), stats=stats)
+            return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, parts=tuple(parts), stats=stats,
+                                 counters=counters.attempt_counters())
         out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
         stats = run_reduce(job, task.inputs, out_path)
-        return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, output=out_path, stats=stats)
+        return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, output=out_path, stats=stats,
+                             counters=counters.attempt_counters())
     except UserCodeError as exc:
         error = protocol.TaskError(kind="UserCodeError", message=_clip(exc.message),
                                    traceback=_clip(exc.traceback_text), location=_clip(exc.location), host=host)

@@ -22,13 +22,12 @@ def _package_parent() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_workers(endpoint: str, count: int, verbose: bool = False) -> List[subprocess.Popen]:
+def start_workers(endpoint: str, count: int, options: Sequence[str] = ()) -> List[subprocess.Popen]:
     """Start worker processes that die with this process (zmqmr need not be installed)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_parent(), env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "zmqmr", "worker", "--driver", endpoint, "--parent-pid", str(os.getpid())]
-    if verbose:
-        command.append("-v")
+    command = [sys.executable, "-m", "zmqmr", "worker", "--driver", endpoint, "--parent-pid", str(os.getpid()),
+               *options]
     return [subprocess.Popen(command + ["--name", local_worker_name(i)], env=env, stdin=subprocess.DEVNULL)
             for i in range(count)]
 
@@ -56,7 +55,8 @@ def stop_workers(workers: List[subprocess.Popen], told: Sequence[bool] = (), wai
             proc.wait()
 
 
-def run_local(plan: JobPlan, settings: DriverSettings, workers: int, verbose: bool = False) -> int:
+def run_local(plan: JobPlan, settings: DriverSettings, workers: int, worker_options: Sequence[str] = ()) -> int:
+    """Run the job with `workers` local worker processes, started with `worker_options` (logging)."""
     own_work_dir = None
     if not plan.work_dir:
         own_work_dir = plan.work_dir = tempfile.mkdtemp(prefix="zmqmr-local-")
@@ -64,7 +64,7 @@ def run_local(plan: JobPlan, settings: DriverSettings, workers: int, verbose: bo
     procs: List[subprocess.Popen] = []
     try:
         endpoint = driver.bind()
-        procs = start_workers(endpoint, workers, verbose)
+        procs = start_workers(endpoint, workers, worker_options)
         code = driver.run()
         told = driver.scheduler.told_exit()
         stop_workers(procs, [local_worker_name(i) in told for i in range(workers)])

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Any, Iterable, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 from .errors import OutputError
 
@@ -109,21 +109,27 @@ class OutputDir:
     def contains(self, path: str) -> bool:
         return os.path.realpath(path).startswith(os.path.realpath(self.temp_dir) + os.sep)
 
-    def commit(self, reduce_outputs: Sequence[str]) -> None:
-        """Move each reducer's file to part-NNNNN, then write _SUCCESS, then clean up."""
+    def commit(self, reduce_outputs: Sequence[str], extra_files: Optional[Dict[str, str]] = None) -> None:
+        """Move each reducer's file to part-NNNNN, write the extra files, then _SUCCESS, then clean up."""
         for path in reduce_outputs:
             if not self.contains(path) or not os.path.isfile(path):
                 raise OutputError(f"reduce output {path} is not a file under {self.temp_dir}")
         for index, path in enumerate(reduce_outputs):
             os.replace(path, os.path.join(self.path, part_name(index)))
+        for name, text in (extra_files or {}).items():
+            self._write_atomically(name, text)
         _fsync_dir(self.path)
-        marker = os.path.join(self.path, SUCCESS)
-        with open(marker + ".tmp", "w") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(marker + ".tmp", marker)
+        self._write_atomically(SUCCESS, "")
         _fsync_dir(self.path)
         self.remove_temporary()
+
+    def _write_atomically(self, name: str, text: str) -> None:
+        path = os.path.join(self.path, name)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
 
     def remove_temporary(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -27,6 +27,7 @@ MAX_SOURCE_LEN = 8 * 1024 * 1024
 MAX_LIST_LEN = 1_000_000
 MAX_ATTEMPT_ID = 2**62
 MAX_TASK_ID = 10_000_000
+MAX_COUNTERS = 1000
 
 
 # --- field checks ----------------------------------------------------------------
@@ -224,6 +225,15 @@ class PartFile:
 
 
 @dataclass(frozen=True)
+class CounterValue:
+    """One named count of a finished attempt (see zmqmr.counters)."""
+
+    group: str = check(Text(MAX_NAME_LEN, 1))
+    name: str = check(Text(MAX_NAME_LEN, 1))
+    value: int = check(Int(-(2**62), 2**62))
+
+
+@dataclass(frozen=True)
 class TaskStats:
     records_in: int = check(Int(0, 2**62), 0)
     bytes_in: int = check(Int(0, 2**62), 0)
@@ -280,6 +290,7 @@ class Done(WorkerMessage):
     parts: Tuple[PartFile, ...] = check(ListOf(Nested(PartFile), MAX_TASK_ID), ())
     output: str = check(Text(MAX_PATH_LEN), "")
     stats: TaskStats = check(Nested(TaskStats), TaskStats())
+    counters: Tuple[CounterValue, ...] = check(ListOf(Nested(CounterValue), MAX_COUNTERS), ())
 
 
 @dataclass(frozen=True)
@@ -294,10 +305,10 @@ class Failed(WorkerMessage):
 
 @dataclass(frozen=True)
 class StatusQuery(Message):
-    """From any client: `what` is job, workers, tasks or task (with kind and index)."""
+    """From any client: `what` is job, workers, tasks, counters or task (with kind and index)."""
 
     TYPE: ClassVar[str] = "status"
-    what: str = check(OneOf(("job", "workers", "tasks", "task")))
+    what: str = check(OneOf(("job", "workers", "tasks", "task", "counters")))
     kind: str = check(Text(16), "")
     index: int = check(Int(0, MAX_TASK_ID), 0)
 

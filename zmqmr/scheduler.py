@@ -16,9 +16,11 @@ from . import protocol
 from .protocol import TaskError
 
 log = logging.getLogger("zmqmr.scheduler")
+task_events = logging.getLogger("zmqmr.events.task")
 
 MAP = "map"
 REDUCE = "reduce"
+FRAMEWORK_GROUP = "zmqmr"
 TaskKey = Tuple[str, int]
 
 
@@ -61,6 +63,7 @@ class TaskRecord:
     worker_losses: int = 0
     output: object = None
     stats: Optional[protocol.TaskStats] = None
+    counters: Tuple[protocol.CounterValue, ...] = ()
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
     last_error: Optional[TaskError] = None
@@ -138,6 +141,18 @@ class CommitOutput:
 
 
 @dataclass(frozen=True)
+class AttemptFailed:
+    """Tell the user at once: an attempt failed (and whether the task will be retried)."""
+
+    kind: str
+    index: int
+    attempt: int
+    worker: str
+    error: TaskError
+    lost: bool
+
+
+@dataclass(frozen=True)
 class JobFinished:
     ok: bool
     failure: Optional[JobFailure] = None
@@ -171,6 +186,7 @@ class Scheduler:
         self.dropped: Counter = Counter()
         self.workers_lost = 0
         self.started_at: Optional[float] = None
+        self.reduce_opened_at: Optional[float] = None
         self.ended_at: Optional[float] = None
 
     # --- entry points ----------------------------------------------------------------
@@ -263,10 +279,11 @@ class Scheduler:
             self.workers[msg.worker] = WorkerRecord(
                 msg.worker, msg.inc, msg.host, msg.pid, registered_at=now, last_seen=now
             )
-            log.info("worker %s registered (host %s, pid %d)", msg.worker, msg.host or "?", msg.pid)
+            log.info("worker %s registered (host %s, pid %d)", msg.worker, msg.host or "?", msg.pid,
+                     extra={"event": "registered", "worker": msg.worker, "host": msg.host, "pid": msg.pid})
         else:
             known.last_seen = now
-            log.info("worker %s reconnected", msg.worker)
+            log.info("worker %s reconnected", msg.worker, extra={"event": "reconnected", "worker": msg.worker})
         return actions + [Greet(msg.worker)]
 
     def _on_request(self, worker: WorkerRecord, msg: protocol.Request, now: float) -> List[Action]:
@@ -291,7 +308,8 @@ class Scheduler:
         task.started_at = now
         self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now)
         worker.running.add(attempt)
-        log.debug("assigned %s attempt %d to %s", task.name, attempt, worker.name)
+        task_events.info("assigned %s attempt %d to %s", task.name, attempt, worker.name,
+                         extra={"event": "assigned", "task": task.name, "attempt": attempt, "worker": worker.name})
         return actions + [Assign(worker.name, task.kind, task.index, attempt)]
 
     def _current_attempt(self, worker: WorkerRecord, attempt: int) -> Optional[TaskRecord]:
@@ -318,9 +336,13 @@ class Scheduler:
         task.attempt = None
         task.output = msg.parts if task.kind == MAP else msg.output
         task.stats = msg.stats
+        task.counters = msg.counters
         task.finished_at = now
         self.finished_counts[task.kind] += 1
-        log.debug("%s finished on %s in %.2f s", task.name, worker.name, now - (task.started_at or now))
+        seconds = round(now - (task.started_at or now), 3)
+        task_events.info("%s attempt %d finished on %s in %.2f s", task.name, msg.attempt, worker.name, seconds,
+                         extra={"event": "finished", "task": task.name, "attempt": msg.attempt,
+                                "worker": worker.name, "seconds": seconds})
         if task.kind == MAP and self.finished_counts[MAP] == self.num_maps:
             return self._open_reduce_phase(now)
         if task.kind == REDUCE and self.finished_counts[REDUCE] == self.num_reduces:
@@ -351,16 +373,12 @@ class Scheduler:
         worker.running.discard(attempt)
         worker.tasks_failed += 1
         task.last_error = error
+        report = AttemptFailed(task.kind, task.index, attempt, worker.name, error, lost)
         if lost:
             task.worker_losses += 1
-            return self._retry_or_fail(task, attempt, now, "lost its process")
+            return [report] + self._retry_or_fail(task, attempt, now, "lost its process")
         task.failures += 1
-        log.warning(
-            "%s attempt %d failed on %s: %s: %s%s",
-            task.name, attempt, worker.name, error.kind, error.message,
-            f" (at {error.location})" if error.location else "",
-        )
-        return self._retry_or_fail(task, attempt, now, "failed")
+        return [report] + self._retry_or_fail(task, attempt, now, "failed")
 
     def _retry_or_fail(self, task: TaskRecord, attempt: int, now: float, what: str) -> List[Action]:
         reason = ""
@@ -374,7 +392,8 @@ class Scheduler:
         if reason:
             self._stop_attempt(task, attempt)
             return self._fail_job(task, reason, task.last_error, now)
-        log.info("%s attempt %d %s; retrying", task.name, attempt, what)
+        log.info("%s attempt %d %s; retrying", task.name, attempt, what,
+                 extra={"event": "retried", "task": task.name, "attempt": attempt})
         return self._requeue(task, attempt, now)
 
     def _stop_attempt(self, task: TaskRecord, attempt: int) -> bool:
@@ -404,6 +423,7 @@ class Scheduler:
 
     def _open_reduce_phase(self, now: float) -> List[Action]:
         self.state = JobState.REDUCING
+        self.reduce_opened_at = now
         log.info("all %d map tasks finished; starting %d reduce tasks", self.num_maps, self.num_reduces)
         for i in range(self.num_reduces):
             self.tasks[(REDUCE, i)].state = TaskState.READY
@@ -416,7 +436,7 @@ class Scheduler:
         actions: List[Action] = []
         if self.state in TERMINAL:
             return actions
-        log.warning("worker %s lost: %s", worker.name, why)
+        log.warning("worker %s lost: %s", worker.name, why, extra={"event": "lost", "worker": worker.name})
         for attempt in sorted(worker.running):
             record = self.attempts.get(attempt)
             if record is None:
@@ -495,6 +515,17 @@ class Scheduler:
                 records_out=sum(s.records_out for s in stats), seconds=sum(s.seconds for s in stats),
             )
         return sums
+
+    def counter_values(self) -> List[protocol.CounterValue]:
+        """The winning attempts' counters, plus what only the scheduler can count."""
+        values = [c for task in self.tasks.values() for c in task.counters]
+        values += [
+            protocol.CounterValue(FRAMEWORK_GROUP, "failed attempts", sum(t.failures for t in self.tasks.values())),
+            protocol.CounterValue(FRAMEWORK_GROUP, "retried attempts",
+                                  sum(max(0, t.attempts - 1) for t in self.tasks.values())),
+            protocol.CounterValue(FRAMEWORK_GROUP, "lost workers", self.workers_lost),
+        ]
+        return values
 
     def tasks_status(self, now: float) -> List[dict]:
         return [self.task_status(kind, index, now) for kind, index in self.tasks]

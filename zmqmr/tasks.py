@@ -12,7 +12,7 @@ import time
 from itertools import groupby
 from typing import Any, Callable, Iterable, List, Tuple
 
-from . import storage
+from . import counters, storage
 from .errors import UserCodeError
 from .inputs import read_segment, strip_line_ending
 from .job import Job
@@ -94,18 +94,25 @@ def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
     os.makedirs(out_dir, exist_ok=True)
     parts = []
     records_out = 0
+    mapped = sum(len(pairs) for pairs in buckets)
     for index, pairs in enumerate(buckets):
         if not pairs:
             continue
         pairs = _sorted(pairs, f"map output for partition {index}")
         if job.combiner is not None:
+            counters.add_framework("combine input records", len(pairs))
             pairs = _combine(job.combiner, pairs)
+            counters.add_framework("combine output records", len(pairs))
         records_out += len(pairs)
         path = os.path.join(out_dir, part_name(index) + ".mpk")
         size = storage.write_pairs(path, pairs)
         parts.append(PartFile(partition=index, path=path, size=size))
     stats = TaskStats(records_in=records, bytes_in=bytes_in, records_out=records_out,
                       seconds=time.monotonic() - started)
+    counters.add_framework("input records", records)
+    counters.add_framework("input bytes", bytes_in)
+    counters.add_framework("map output records", mapped)
+    counters.add_framework("spilled records", records_out)
     return parts, stats
 
 
@@ -153,6 +160,13 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str) -> TaskStats:
     bytes_in = sum(os.path.getsize(p) for p in inputs)
     reducer = job.reducer
     groups = records_out = 0
+    values_read = [0]
+
+    def counted(values):
+        for value in values:
+            values_read[0] += 1
+            yield value
+
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     with open(out_path, "w", encoding="utf-8", newline="\n", buffering=storage.BLOCK_BYTES) as out:
         write = out.write
@@ -167,12 +181,15 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str) -> TaskStats:
                                     "keys of one job must be comparable with each other") from None
             groups += 1
             try:
-                for out_key, value in reducer(key, values):
+                for out_key, value in reducer(key, counted(values)):
                     write(format_record(out_key, value))
                     records_out += 1
             except Exception as exc:
                 raise _user_error("reducer", exc, f"key {_shown(key)}", PAIRS) from None
         out.flush()
         os.fsync(out.fileno())
+    counters.add_framework("reduce input groups", groups)
+    counters.add_framework("reduce input records", values_read[0])
+    counters.add_framework("output records", records_out)
     return TaskStats(records_in=groups, bytes_in=bytes_in, records_out=records_out,
                      seconds=time.monotonic() - started)
