@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pytest
 
@@ -107,11 +107,11 @@ class Processes:
     def __init__(self):
         self.started: List[subprocess.Popen] = []
 
-    def start(self, argv: List[str], **kwargs) -> subprocess.Popen:
+    def start(self, argv: List[str], env_extra: Optional[dict] = None, **kwargs) -> subprocess.Popen:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("text", True)
-        proc = subprocess.Popen(argv, env=_env(), stdin=subprocess.DEVNULL, **kwargs)
+        proc = subprocess.Popen(argv, env={**_env(), **(env_extra or {})}, stdin=subprocess.DEVNULL, **kwargs)
         self.started.append(proc)
         return proc
 
