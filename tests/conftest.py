@@ -7,6 +7,7 @@ running at the end of the test, and only that.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import random
 import re
@@ -126,6 +127,15 @@ class Processes:
                 proc.communicate(timeout=10)
             except (subprocess.TimeoutExpired, ValueError):
                 pass
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Commands run in-process set up zmqmr's logging; put it back so caplog works in later tests."""
+    logger = logging.getLogger("zmqmr")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture
