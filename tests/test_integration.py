@@ -349,3 +349,27 @@ def test_interrupted_driver_tells_its_workers_to_leave(procs, corpus, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "the driver was interrupted" in result.stderr
     assert not out.exists()
+
+
+def test_hung_mapper_is_cancelled_and_the_error_names_its_record(procs, tmp_path):
+    job = write_job(tmp_path, """
+        def mapper(path, line):
+            if "needle" in line:
+                while True:
+                    pass
+            yield line, 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+    source = tmp_path / "hay.txt"
+    lines = [f"hay {i}\n" for i in range(100)]
+    lines[49] = "the needle\n"
+    source.write_text("".join(lines))
+    offset = len("".join(lines[:49]).encode())
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", source, "--output",
+                                     tmp_path / "out", "--task-timeout", 1.5, "--max-attempts", 2,
+                                     "--heartbeat-interval", 0.2), timeout=60)
+    assert result.returncode == 1
+    assert "map task 0 failed 2 times" in result.stderr
+    assert "TaskTimeout" in result.stderr
+    assert f"{source} at byte {offset} (line 50)" in result.stderr

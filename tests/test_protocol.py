@@ -24,6 +24,7 @@ TASKERROR = p.TaskError(kind="ValueError", message="bad value ☃", traceback="T
 PARTFILE = p.PartFile(partition=3, path="/work/map-1/part-3", size=12345)
 TASKSTATS = p.TaskStats(records_in=10, bytes_in=2**40, records_out=7, seconds=1.25)
 COUNTER = p.CounterValue(group="quality", name="empty lines ✓", value=-3)
+PROGRESS = p.Progress(attempt=12, records=2**40, location="in/ä.txt at byte 7 (line 2)")
 
 RECORD_SAMPLES = {
     p.Segment: SEGMENT,
@@ -32,13 +33,14 @@ RECORD_SAMPLES = {
     p.PartFile: PARTFILE,
     p.TaskStats: TASKSTATS,
     p.CounterValue: COUNTER,
+    p.Progress: PROGRESS,
 }
 
 # One instance of every message type, every field set to a non-default value.
 MESSAGE_SAMPLES = {
     "hello": p.Hello(worker="w-1", inc="inc-9", host="node-1", pid=4242, software="zmqmr 0.1"),
     "request": p.Request(worker="w-1", inc="i", running=(1, 2, 2**62)),
-    "heartbeat": p.Heartbeat(worker="w-1", inc="i", running=(0, 5)),
+    "heartbeat": p.Heartbeat(worker="w-1", inc="i", running=(0, 5), progress=(PROGRESS,)),
     "done": p.Done(worker="w-1", inc="i", attempt=17,
                    parts=(PARTFILE, p.PartFile(partition=0, path="/x", size=0)),
                    output="/out/part-00000", stats=TASKSTATS,
@@ -52,6 +54,7 @@ MESSAGE_SAMPLES = {
                    inputs=("/w/a", "/w/b"), output_dir="/out"),
     "wait": p.Wait(retry_after=2.5),
     "wake": p.Wake(),
+    "cancel": p.Cancel(attempt=5, reason="ran too long"),
     "ack": p.Ack(),
     "reregister": p.Reregister(reason="unknown worker"),
     "exit": p.Exit(reason="job over", ok=False),
@@ -72,6 +75,7 @@ MINIMAL_SAMPLES = {
     "task": p.Task(job_id="j", kind="reduce", index=0, attempt=0),
     "wait": p.Wait(retry_after=0.0),
     "wake": p.Wake(),
+    "cancel": p.Cancel(attempt=0),
     "ack": p.Ack(),
     "reregister": p.Reregister(),
     "exit": p.Exit(),

@@ -18,12 +18,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from zmqmr.protocol import (
     Ack,
+    Cancel,
     Done,
     Exit,
     Failed,
     Heartbeat,
     Hello,
     PartFile,
+    Progress,
     Reregister,
     Request,
     TaskError,
@@ -55,7 +57,8 @@ ERR = TaskError(kind="ValueError", message="bad record", traceback="tb", locatio
 
 def config(**overrides) -> SchedulerConfig:
     values = dict(
-        worker_timeout=TIMEOUT, max_attempts=3, max_worker_losses=3, retry_after=RETRY_AFTER, exit_grace=GRACE
+        worker_timeout=TIMEOUT, max_attempts=3, max_worker_losses=3, retry_after=RETRY_AFTER, exit_grace=GRACE,
+        blacklist_after=0,
     )
     values.update(overrides)
     return SchedulerConfig(**values)
@@ -1363,3 +1366,94 @@ SchedulerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_scheduler_state_machine = SchedulerMachine.TestCase
+
+
+# --- blacklisting and task timeouts ----------------------------------------------------
+
+
+def test_a_worker_where_different_tasks_fail_gets_no_more_tasks():
+    sim = Sim(5, 1, max_attempts=4, blacklist_after=3)
+    sim.hello("bad")
+    sim.hello("good")
+    for _ in range(3):  # three different tasks fail on "bad" (a retry goes first, so "good" takes it)
+        a = sim.assign("bad")
+        sim.fail("bad", a.attempt)
+        b = sim.assign("good")
+        assert (b.kind, b.index) == (a.kind, a.index)
+        sim.done("good", b.attempt)
+    assert "3 different tasks failed" in sim.s.blacklist["bad"]
+    actions = sim.request("bad")
+    assert assigns(actions) == [] and sent(actions, Wait) == ["bad"]
+    assert sim.s.workers_status(0.0)[0]["blacklisted"].startswith("3 different tasks")
+    assert assigns(sim.request("good"))  # the job goes on on the good worker
+
+
+def test_one_task_failing_repeatedly_does_not_blacklist_its_worker():
+    sim = Sim(2, 1, max_attempts=4, blacklist_after=3)
+    sim.hello("w1")
+    for _ in range(3):
+        sim.fail("w1", sim.assign("w1").attempt)
+    assert sim.s.blacklist == {}
+    [fin] = finished(sim.fail("w1", sim.assign("w1").attempt))
+    assert "map task 0 failed 4 times" in fin.failure.reason  # the task's fault, named as such
+
+
+def test_the_job_fails_rather_than_hangs_when_every_worker_is_blacklisted():
+    sim = Sim(4, 1, max_attempts=4, blacklist_after=2)
+    sim.hello("w1")
+    sim.fail("w1", sim.assign("w1").attempt)
+    sim.done("w1", sim.assign("w1").attempt)  # the retry of map 0 succeeds
+    actions = sim.fail("w1", sim.assign("w1").attempt)  # a second different task fails
+    [fin] = finished(actions)
+    assert fin.failure.reason == "every worker is blacklisted after repeated failures"
+    assert fin.failure.error == ERR
+
+
+def test_blacklisting_survives_a_restart_under_the_same_name():
+    sim = Sim(3, 1, max_attempts=4, blacklist_after=1)
+    sim.hello("w1")
+    sim.hello("w2")
+    sim.fail("w1", sim.assign("w1").attempt)
+    sim.hello("w1", inc="2")
+    assert assigns(sim.request("w1")) == []
+
+
+def test_an_attempt_past_the_task_timeout_is_cancelled_and_retried_naming_its_record():
+    sim = Sim(1, 1, max_attempts=2, task_timeout=30.0)
+    sim.hello("w1")
+    a = sim.assign("w1")
+    assert sim.s.next_deadline() == 5.0  # the worker timeout comes first
+    sim.now = 4.0
+    sim.send(Heartbeat(worker="w1", inc="1", running=(a.attempt,),
+                       progress=(Progress(attempt=a.attempt, records=17, location="in.txt at byte 99 (line 17)"),)))
+    assert sim.s.task_status(MAP, 0, 4.0)["records"] == 17
+    for t in range(5, 30, 4):  # keep the worker alive
+        sim.now = float(t)
+        sim.heartbeat("w1")
+    assert sim.s.next_deadline() == 30.0
+    actions = sim.tick(30.0)
+    [cancel] = [x.message for x in actions if isinstance(x, Send) and isinstance(x.message, Cancel)]
+    assert cancel.attempt == a.attempt
+    [report] = [x for x in actions if isinstance(x, AttemptFailed)]
+    assert report.error.kind == "TaskTimeout" and report.error.location == "in.txt at byte 99 (line 17)"
+    assert "ran longer than --task-timeout 30 s while reading in.txt at byte 99 (line 17)" in report.error.message
+    assert sim.state(MAP, 0) == TaskState.READY
+    assert sim.s.tasks[(MAP, 0)].failures == 1
+    # A late Done of the cancelled attempt changes nothing.
+    assert sim.done("w1", a.attempt) == [] and sim.s.dropped["stale_attempt"] == 1
+    b = sim.assign("w1")
+    sim.now = 60.0
+    sim.heartbeat("w1")
+    [fin] = finished(sim.tick(60.0))
+    assert "failed 2 times" in fin.failure.reason and fin.failure.error.kind == "TaskTimeout"
+    assert b.attempt != a.attempt
+
+
+def test_no_task_timeout_by_default():
+    sim = Sim(1, 1)
+    sim.hello("w1")
+    sim.assign("w1")
+    for t in range(4, 400, 4):
+        sim.now = float(t)
+        sim.heartbeat("w1")
+        assert not [x for x in sim.tick(float(t)) if isinstance(x, AttemptFailed)]

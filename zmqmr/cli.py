@@ -108,6 +108,11 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
                      help="failed attempts of one task before the job fails")
     net.add_argument("--max-worker-losses", type=positive_int, default=8, metavar="N",
                      help="times one task may lose its worker before the job fails")
+    net.add_argument("--task-timeout", type=positive_seconds, metavar="SECONDS",
+                     help="cancel and retry an attempt that runs longer than this (default: no limit); "
+                          "the error names the record it was reading")
+    net.add_argument("--blacklist-after", type=_number(int, 0, "a whole number"), default=3, metavar="N",
+                     help="a worker on which N different tasks of this job failed gets no more tasks (0: never)")
     watch = parser.add_argument_group("watching the job")
     watch.add_argument("--http-port", type=port_number, metavar="PORT",
                        help="serve a live status page (and /job, /workers, /task/TYPE/ID as JSON) on "
@@ -192,7 +197,8 @@ def _driver_settings(args: argparse.Namespace):
 
     config = SchedulerConfig(worker_timeout=args.worker_timeout, max_attempts=args.max_attempts,
                              max_worker_losses=args.max_worker_losses,
-                             exit_grace=max(2.0, 3 * args.heartbeat_interval))
+                             exit_grace=max(2.0, 3 * args.heartbeat_interval),
+                             blacklist_after=args.blacklist_after, task_timeout=args.task_timeout)
     return DriverSettings(bind_host=args.bind_host, port=args.port, heartbeat_interval=args.heartbeat_interval,
                           scheduler=config, http_port=args.http_port, counters_json=args.counters_json,
                           progress=_shows_progress(args), quiet=args.quiet)

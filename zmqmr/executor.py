@@ -19,7 +19,8 @@ from . import counters, protocol
 from .errors import JobLoadError, UserCodeError
 from .job import load_job
 from .procutil import describe_exit, die_with_parent
-from .tasks import run_map, run_reduce
+from .tasks import (ATTEMPT, LINE, OFFSET, PROGRESS_SLOTS, RECORDS, SEGMENT, NoProgress, describe_location, run_map,
+                    run_reduce)
 from .usercode import user_traceback
 
 
@@ -32,20 +33,22 @@ def reduce_output_path(output_dir: str, index: int, attempt: int) -> str:
 
 
 def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str,
-                   worker: str, inc: str) -> protocol.Message:
+                   worker: str, inc: str, progress=NoProgress()) -> protocol.Message:
     """Run one attempt and describe its end as the Done or Failed message for the driver."""
     host = socket.gethostname()
     counters.start_attempt()
+    for slot, value in ((ATTEMPT, task.attempt), (RECORDS, 0), (SEGMENT, -1), (OFFSET, -1), (LINE, 0)):
+        progress[slot] = value
     try:
         job = load_job(welcome.job)
         if task.kind == "map":
             out_dir = map_output_dir(work_dir, welcome.job_id, task.index, task.attempt)
             parts, stats = run_map(job, task.segments, welcome.reducers, out_dir,
-                                   welcome.job.encoding, welcome.job.encoding_errors)
+                                   welcome.job.encoding, welcome.job.encoding_errors, progress)
             return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, parts=tuple(parts), stats=stats,
                                  counters=counters.attempt_counters())
         out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
-        stats = run_reduce(job, task.inputs, out_path)
+        stats = run_reduce(job, task.inputs, out_path, progress)
         return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, output=out_path, stats=stats,
                              counters=counters.attempt_counters())
     except UserCodeError as exc:
@@ -65,7 +68,7 @@ def _clip(text: str, limit: int = protocol.MAX_TEXT_LEN) -> str:
     return text if len(text) <= limit else text[: limit - 20] + "\n...(cut)"
 
 
-def _child_main(conn, parent_pid: int, worker: str, inc: str) -> None:
+def _child_main(conn, progress, parent_pid: int, worker: str, inc: str) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
     while True:
@@ -75,7 +78,7 @@ def _child_main(conn, parent_pid: int, worker: str, inc: str) -> None:
             return
         welcome = protocol.decode(request["welcome"], protocol.TO_WORKER)
         task = protocol.decode(request["task"], protocol.TO_WORKER)
-        reply = run_assignment(welcome, task, request["work_dir"], worker, inc)
+        reply = run_assignment(welcome, task, request["work_dir"], worker, inc, progress)
         conn.send_bytes(protocol.encode(reply))
 
 
@@ -85,8 +88,9 @@ class Executor:
     def __init__(self, worker: str, inc: str, start_method: str = "fork"):
         context = multiprocessing.get_context(start_method)
         self.conn, child_conn = context.Pipe()
+        self.progress = context.RawArray("q", PROGRESS_SLOTS)
         self.process = context.Process(
-            target=_child_main, args=(child_conn, os.getpid(), worker, inc), name="zmqmr-task"
+            target=_child_main, args=(child_conn, self.progress, os.getpid(), worker, inc), name="zmqmr-task"
         )
         self.process.start()
         child_conn.close()
@@ -103,6 +107,18 @@ class Executor:
             return self.conn.recv_bytes()
         except (EOFError, OSError):
             return None
+
+    def progress_of(self, task: protocol.Task) -> Optional[protocol.Progress]:
+        """Records read by `task`'s attempt so far, and where its current record starts."""
+        attempt, records, segment, offset, line = self.progress[:PROGRESS_SLOTS]
+        if attempt != task.attempt:
+            return None  # the task process has not started it yet
+        location = ""
+        if task.kind == "map" and 0 <= segment < len(task.segments):
+            location = describe_location(task.segments[segment], offset, line)
+        elif task.kind == "reduce" and records:
+            location = f"the reducer's key number {records} of its partition"
+        return protocol.Progress(attempt=task.attempt, records=records, location=location)
 
     def death_reason(self) -> str:
         self.process.join(timeout=1.0)

@@ -234,6 +234,15 @@ class CounterValue:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far a running attempt got: records read, and where the current one starts."""
+
+    attempt: int = check(Int())
+    records: int = check(Int(0, 2**62), 0)
+    location: str = check(Text(MAX_TEXT_LEN), "")
+
+
+@dataclass(frozen=True)
 class TaskStats:
     records_in: int = check(Int(0, 2**62), 0)
     bytes_in: int = check(Int(0, 2**62), 0)
@@ -277,8 +286,11 @@ class Request(WorkerMessage):
 
 @dataclass(frozen=True)
 class Heartbeat(WorkerMessage):
+    """Sent when the worker has been silent for a heartbeat interval; carries task progress."""
+
     TYPE: ClassVar[str] = "heartbeat"
     running: Tuple[int, ...] = check(ListOf(Int(), 1024), ())
+    progress: Tuple[Progress, ...] = check(ListOf(Nested(Progress), 1024), ())
 
 
 @dataclass(frozen=True)
@@ -353,6 +365,15 @@ class Wake(Message):
 
 
 @dataclass(frozen=True)
+class Cancel(Message):
+    """Stop this attempt (it timed out); the driver already counted it as failed."""
+
+    TYPE: ClassVar[str] = "cancel"
+    attempt: int = check(Int())
+    reason: str = check(Text(MAX_TEXT_LEN), "")
+
+
+@dataclass(frozen=True)
 class Ack(Message):
     """The driver's answer to a heartbeat: proof to the worker that the driver lives."""
 
@@ -388,7 +409,7 @@ TO_DRIVER: Dict[str, Type[Message]] = {
     m.TYPE: m for m in (Hello, Request, Heartbeat, Done, Failed, StatusQuery)
 }
 TO_WORKER: Dict[str, Type[Message]] = {
-    m.TYPE: m for m in (Welcome, Task, Wait, Wake, Ack, Reregister, Exit, StatusReply)
+    m.TYPE: m for m in (Welcome, Task, Wait, Wake, Cancel, Ack, Reregister, Exit, StatusReply)
 }
 
 

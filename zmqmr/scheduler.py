@@ -49,6 +49,8 @@ class SchedulerConfig:
     max_worker_losses: int = 8
     retry_after: float = 1.0
     exit_grace: float = 3.0
+    blacklist_after: int = 3  # failed attempts on one worker before it gets no more tasks; 0: never
+    task_timeout: Optional[float] = None  # seconds an attempt may run before it is cancelled and retried
 
 
 @dataclass
@@ -67,6 +69,8 @@ class TaskRecord:
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
     last_error: Optional[TaskError] = None
+    records: int = 0  # progress of the running attempt, from heartbeats
+    location: str = ""
 
     @property
     def key(self) -> TaskKey:
@@ -90,6 +94,7 @@ class WorkerRecord:
     told_exit: bool = False
     tasks_done: int = 0
     tasks_failed: int = 0
+    failed_tasks: Set[TaskKey] = field(default_factory=set)  # distinct tasks that failed here
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,7 @@ class Scheduler:
         self.exit_deadline: Optional[float] = None
         self.dropped: Counter = Counter()
         self.workers_lost = 0
+        self.blacklist: Dict[str, str] = {}
         self.started_at: Optional[float] = None
         self.reduce_opened_at: Optional[float] = None
         self.ended_at: Optional[float] = None
@@ -208,6 +214,7 @@ class Scheduler:
         if isinstance(msg, protocol.Request):
             return self._on_request(worker, msg, now)
         if isinstance(msg, protocol.Heartbeat):
+            self._note_progress(worker, msg.progress)
             return [Send(worker.name, protocol.Ack())]
         if isinstance(msg, protocol.Done):
             return self._on_done(worker, msg, now)
@@ -217,17 +224,25 @@ class Scheduler:
         return []
 
     def on_tick(self, now: float) -> List[Action]:
-        """Expire silent workers; their running tasks go back to READY."""
+        """Expire silent workers (their running tasks go back to READY) and overdue attempts."""
         actions: List[Action] = []
         limit = now - self.config.worker_timeout
         for worker in [w for w in self.workers.values() if w.last_seen <= limit]:
             silent = now - worker.last_seen
             actions += self._lose_worker(worker, now, f"silent for {silent:.1f} s")
+        timeout = self.config.task_timeout
+        if timeout is not None and self.state not in TERMINAL:
+            for record in [r for r in self.attempts.values() if r.started_at + timeout <= now]:
+                if self.state in TERMINAL:
+                    break
+                actions += self._time_out(record, now)
         return actions
 
     def next_deadline(self) -> Optional[float]:
         """When `on_tick` next has something to do; the driver polls until then."""
         deadlines = [w.last_seen + self.config.worker_timeout for w in self.workers.values()]
+        if self.config.task_timeout is not None and self.attempts and self.state not in TERMINAL:
+            deadlines.append(min(r.started_at for r in self.attempts.values()) + self.config.task_timeout)
         if self.exit_deadline is not None:
             deadlines.append(self.exit_deadline)
         return min(deadlines) if deadlines else None
@@ -295,6 +310,8 @@ class Scheduler:
             log.warning("worker %s never received attempt %d; re-queueing", worker.name, attempt)
             actions += self._requeue(self.tasks[self.attempts[attempt].task], attempt, now)
         worker.waiting = False
+        if worker.name in self.blacklist:
+            return actions + [Send(worker.name, protocol.Wait(retry_after=self.config.retry_after))]
         if not self.ready:
             worker.waiting = True
             return actions + [Send(worker.name, protocol.Wait(retry_after=self.config.retry_after))]
@@ -306,6 +323,7 @@ class Scheduler:
         task.worker = worker.name
         task.attempts += 1
         task.started_at = now
+        task.records, task.location = 0, ""
         self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now)
         worker.running.add(attempt)
         task_events.info("assigned %s attempt %d to %s", task.name, attempt, worker.name,
@@ -372,13 +390,51 @@ class Scheduler:
     ) -> List[Action]:
         worker.running.discard(attempt)
         worker.tasks_failed += 1
+        worker.failed_tasks.add(task.key)
         task.last_error = error
         report = AttemptFailed(task.kind, task.index, attempt, worker.name, error, lost)
         if lost:
             task.worker_losses += 1
-            return [report] + self._retry_or_fail(task, attempt, now, "lost its process")
-        task.failures += 1
-        return [report] + self._retry_or_fail(task, attempt, now, "failed")
+            actions = [report] + self._retry_or_fail(task, attempt, now, "lost its process")
+        else:
+            task.failures += 1
+            actions = [report] + self._retry_or_fail(task, attempt, now, "failed")
+        return actions + self._maybe_blacklist(worker, error, now)
+
+    def _maybe_blacklist(self, worker: WorkerRecord, error: TaskError, now: float) -> List[Action]:
+        """A worker where different tasks of this job keep failing (a bad disk, a missing library)
+        gets no more. One task failing again and again is the task's problem, not the worker's."""
+        limit = self.config.blacklist_after
+        failed = len(worker.failed_tasks)
+        if not limit or failed < limit or worker.name in self.blacklist or self.state in TERMINAL:
+            return []
+        self.blacklist[worker.name] = f"{failed} different tasks failed on this worker (--blacklist-after {limit})"
+        log.warning("worker %s gets no more tasks: %s", worker.name, self.blacklist[worker.name],
+                    extra={"event": "blacklisted", "worker": worker.name})
+        return self._fail_if_no_usable_worker(error, now)
+
+    def _fail_if_no_usable_worker(self, error: Optional[TaskError], now: float) -> List[Action]:
+        """Waiting for workers is fine; waiting on workers that may not take tasks would hang."""
+        if self.state in TERMINAL or not self.workers or any(n not in self.blacklist for n in self.workers):
+            return []
+        return self._fail_job(None, "every worker is blacklisted after repeated failures", error, now)
+
+    def _time_out(self, record: AttemptRecord, now: float) -> List[Action]:
+        task = self.tasks[record.task]
+        worker = self.workers[record.worker]
+        where = f" while reading {task.location}" if task.location else ""
+        message = (f"{task.name} attempt {record.attempt} ran longer than --task-timeout "
+                   f"{self.config.task_timeout:g} s{where} ({task.records} records read)")
+        error = TaskError(kind="TaskTimeout", message=message, location=task.location, host=worker.host)
+        cancel = Send(worker.name, protocol.Cancel(attempt=record.attempt, reason=message))
+        return [cancel] + self._attempt_failed(worker, task, record.attempt, error, False, now)
+
+    def _note_progress(self, worker: WorkerRecord, progress) -> None:
+        for p in progress:
+            record = self.attempts.get(p.attempt)
+            if record is not None and record.worker == worker.name:
+                task = self.tasks[record.task]
+                task.records, task.location = p.records, p.location
 
     def _retry_or_fail(self, task: TaskRecord, attempt: int, now: float, what: str) -> List[Action]:
         reason = ""
@@ -434,6 +490,9 @@ class Scheduler:
         del self.workers[worker.name]
         self.workers_lost += 1
         actions: List[Action] = []
+        if self.state in TERMINAL:
+            return actions
+        actions += self._fail_if_no_usable_worker(None, now)
         if self.state in TERMINAL:
             return actions
         log.warning("worker %s lost: %s", worker.name, why, extra={"event": "lost", "worker": worker.name})
@@ -499,6 +558,8 @@ class Scheduler:
             "worker_losses": task.worker_losses,
             "seconds": seconds,
         }
+        if task.state == TaskState.RUNNING:
+            status.update(records=task.records, location=task.location)
         if task.last_error is not None:
             status["last_error"] = protocol.to_fields(task.last_error)
         if task.stats is not None:
@@ -563,6 +624,7 @@ class Scheduler:
                     "running": [f"{kind} {index}" for kind, index in running],
                     "tasks_done": worker.tasks_done,
                     "tasks_failed": worker.tasks_failed,
+                    "blacklisted": self.blacklist.get(worker.name),
                 }
             )
         return out

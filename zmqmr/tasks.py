@@ -47,7 +47,8 @@ def _shown(record: Any) -> str:
     return text if len(text) <= _SHOWN_RECORD_CHARS else text[:_SHOWN_RECORD_CHARS] + "..."
 
 
-def _segment_location(segment: Segment, offset: int, line_number: int) -> str:
+def describe_location(segment: Segment, offset: int, line_number: int) -> str:
+    """Where a record starts: file as given, byte offset, and the line number where it is known."""
     where = f"{segment.key} at byte {offset}"
     if segment.start == 0 or segment.gzip:
         where += f" (line {line_number})"
@@ -57,26 +58,46 @@ def _segment_location(segment: Segment, offset: int, line_number: int) -> str:
 PAIRS = "it must return an iterable of (key, value) pairs"
 
 
+class NoProgress:
+    """Stands in for the executor's shared progress array where nobody watches."""
+
+    def __setitem__(self, index: int, value: int) -> None:
+        pass
+
+
+# Slots of the progress array that a worker reads while the attempt runs.
+ATTEMPT, RECORDS, SEGMENT, OFFSET, LINE = range(5)
+PROGRESS_SLOTS = 5
+
+
 def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
-            encoding: str = "utf-8", errors: str = "strict") -> Tuple[List[PartFile], TaskStats]:
-    """Map every line of the split, then write one sorted (and combined) file per partition."""
+            encoding: str = "utf-8", errors: str = "strict", progress=NoProgress()) -> Tuple[List[PartFile], TaskStats]:
+    """Map every line of the split, then write one sorted (and combined) file per partition.
+
+    `progress` gets the records read and where the current record starts, before the
+    mapper sees it, so a worker can say which record a hung attempt was on.
+    """
     started = time.monotonic()
     buckets: List[list] = [[] for _ in range(reducers)]
     mapper, partitioner = job.mapper, job.partitioner
     records = bytes_in = 0
-    for segment in segments:
+    for segment_index, segment in enumerate(segments):
+        progress[SEGMENT] = segment_index
         line_number = 0
         for offset, raw in read_segment(segment):
             line_number += 1
             records += 1
             bytes_in += len(raw)
+            progress[RECORDS] = records
+            progress[OFFSET] = offset
+            progress[LINE] = line_number
             try:
                 line = strip_line_ending(raw).decode(encoding, errors)
             except UnicodeDecodeError as exc:
                 raise UserCodeError(
                     f"input is not valid {encoding} ({exc.reason}); try --encoding latin-1 "
                     "or --encoding-errors replace",
-                    _segment_location(segment, offset + exc.start, line_number),
+                    describe_location(segment, offset + exc.start, line_number),
                 ) from None
             try:
                 if reducers == 1:
@@ -89,7 +110,7 @@ def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
             except UserCodeError:
                 raise
             except Exception as exc:
-                location = f"{_segment_location(segment, offset, line_number)}, record {_shown(line)}"
+                location = f"{describe_location(segment, offset, line_number)}, record {_shown(line)}"
                 raise _user_error("mapper", exc, location, PAIRS) from None
     os.makedirs(out_dir, exist_ok=True)
     parts = []
@@ -153,7 +174,7 @@ def _combine(combiner: Callable, pairs: list) -> list:
     return combined
 
 
-def run_reduce(job: Job, inputs: Iterable[str], out_path: str) -> TaskStats:
+def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=NoProgress()) -> TaskStats:
     """Merge the sorted map outputs, call the reducer once per key, write key<TAB>value lines."""
     started = time.monotonic()
     inputs = list(inputs)
@@ -180,6 +201,7 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str) -> TaskStats:
                 raise UserCodeError(f"keys are not mutually sortable ({exc}); "
                                     "keys of one job must be comparable with each other") from None
             groups += 1
+            progress[RECORDS] = groups
             try:
                 for out_key, value in reducer(key, counted(values)):
                     write(format_record(out_key, value))

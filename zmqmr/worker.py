@@ -134,7 +134,9 @@ class Worker:
             self.awaiting_reply = True
             self.request_sent_at = now
         elif now >= self.last_sent + self.heartbeat_interval:
-            self._send(protocol.Heartbeat(worker=self.name, inc=self.inc, running=self._held()))
+            progress = self.executor.progress_of(self.current) if self.current is not None else None
+            self._send(protocol.Heartbeat(worker=self.name, inc=self.inc, running=self._held(),
+                                          progress=(progress,) if progress else ()))
 
     def _held(self) -> Tuple[int, ...]:
         held = [t.attempt for t, _ in self.queued]
@@ -192,6 +194,8 @@ class Worker:
             self.next_request_at = time.monotonic() + message.retry_after
         elif isinstance(message, protocol.Wake):
             self.next_request_at = 0.0
+        elif isinstance(message, protocol.Cancel):
+            self._cancel(message)
         elif isinstance(message, protocol.Reregister):
             log.warning("the driver no longer knows this worker (%s); registering again", message.reason)
             self._abandon_tasks()
@@ -263,6 +267,15 @@ class Worker:
         # A ZeroMQ context exists now, so the new process must not be a fork of this one.
         self.executor = Executor(self.name, self.inc, "spawn")
         self.poller.register(self.executor.fileno(), zmq.POLLIN)
+
+    def _cancel(self, message: protocol.Cancel) -> None:
+        log.warning("cancelling attempt %d: %s", message.attempt, message.reason)
+        self.queued = deque((t, f) for t, f in self.queued if t.attempt != message.attempt)
+        if self.current is not None and self.current.attempt == message.attempt:
+            self.current = None
+            self._restart_executor()
+            if self.queued:
+                self._start(*self.queued.popleft())
 
     def _abandon_tasks(self) -> None:
         """The driver gave up on this worker's attempts: stop computing them."""
