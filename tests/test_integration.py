@@ -373,3 +373,65 @@ def test_hung_mapper_is_cancelled_and_the_error_names_its_record(procs, tmp_path
     assert "map task 0 failed 2 times" in result.stderr
     assert "TaskTimeout" in result.stderr
     assert f"{source} at byte {offset} (line 50)" in result.stderr
+
+
+def test_hung_record_is_skipped_and_listed_with_skip_bad_records(procs, tmp_path):
+    job = write_job(tmp_path, """
+        def mapper(path, line):
+            if "needle" in line:
+                while True:
+                    pass
+            yield "lines", 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+    source = tmp_path / "hay.txt"
+    lines = [f"hay {i}\n" for i in range(100)]
+    lines[49] = "the needle\n"
+    source.write_text("".join(lines))
+    offset = len("".join(lines[:49]).encode())
+    out = tmp_path / "out"
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", source, "--output", out,
+                                     "--task-timeout", 1.5, "--skip-bad-records", 1, "--heartbeat-interval", 0.2),
+                       timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert read_output(out) == {"lines": "99"}
+    [bad] = [json.loads(line) for line in (out / "_bad_records" / "bad-records.jsonl").read_text().splitlines()]
+    assert bad["task"] == "map 0"
+    assert bad["location"].startswith(f"{source} at byte {offset} (line 50)")
+    assert "hung" in bad["message"]
+    assert json.loads((out / "_counters.json").read_text())["zmqmr"]["bad records skipped"] == 1
+
+
+def test_poison_records_are_skipped_up_to_the_limit(procs, tmp_path):
+    job = write_job(tmp_path, """
+        def mapper(path, line):
+            if line.startswith("POISON"):
+                raise ValueError("cannot parse " + line)
+            yield "good", 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """, name="parse.py")
+    source = tmp_path / "records.txt"
+    lines = [f"record {i}\n" for i in range(30000)]
+    for i in (1234, 15000, 29999):
+        lines[i] = f"POISON {i}\n"
+    source.write_text("".join(lines))
+    out = tmp_path / "out"
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", source, "--output", out,
+                                     "--mappers", 3, "--skip-bad-records", 5))
+    assert result.returncode == 0, result.stderr
+    assert read_output(out) == {"good": str(30000 - 3)}
+    listed = [json.loads(line) for line in (out / "_bad_records" / "bad-records.jsonl").read_text().splitlines()]
+    assert sorted(b["message"] for b in listed) == sorted(
+        f"mapper raised ValueError: cannot parse POISON {i}" for i in (1234, 15000, 29999))
+    assert all('parse.py", line 4, in mapper' in b["traceback"] for b in listed)
+    assert all(f"(line {i + 1})" in b["location"] or "at byte" in b["location"] for b, i in
+               zip(sorted(listed, key=lambda b: b["message"]), sorted((1234, 15000, 29999), key=str)))
+
+    too_many = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", source,
+                                       "--output", tmp_path / "out2", "--mappers", 3, "--skip-bad-records", 2))
+    assert too_many.returncode == 1
+    assert "3 bad records, more than --skip-bad-records 2; the first: " in too_many.stderr
+    assert "POISON" in too_many.stderr
+    assert not (tmp_path / "out2").exists()

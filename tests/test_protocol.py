@@ -18,13 +18,16 @@ from zmqmr.errors import ProtocolError
 
 SEGMENT = p.Segment(key="in/ä.txt", path="/data/in/ä.txt", start=10, end=2**40, gzip=True)
 JOBSPEC = p.JobSpec(name="job.py", source="def mapper(k, v):\n    yield v, 1\n",
-                    sha256="ab" * 32, encoding="latin-1", encoding_errors="replace")
+                    sha256="ab" * 32, encoding="latin-1", encoding_errors="replace", skip_bad_records=5)
 TASKERROR = p.TaskError(kind="ValueError", message="bad value ☃", traceback="Traceback...",
                         location="in/a.txt:12", host="node-1")
 PARTFILE = p.PartFile(partition=3, path="/work/map-1/part-3", size=12345)
 TASKSTATS = p.TaskStats(records_in=10, bytes_in=2**40, records_out=7, seconds=1.25)
 COUNTER = p.CounterValue(group="quality", name="empty lines ✓", value=-3)
-PROGRESS = p.Progress(attempt=12, records=2**40, location="in/ä.txt at byte 7 (line 2)")
+POSITION = p.RecordPosition(segment=1, offset=2**40)
+PROGRESS = p.Progress(attempt=12, records=2**40, location="in/ä.txt at byte 7 (line 2)", position=POSITION)
+BADRECORD = p.BadRecord(location="in/a.txt at byte 9, record 'x'", kind="UserCodeError", message="m",
+                        traceback="Traceback...")
 
 RECORD_SAMPLES = {
     p.Segment: SEGMENT,
@@ -34,6 +37,8 @@ RECORD_SAMPLES = {
     p.TaskStats: TASKSTATS,
     p.CounterValue: COUNTER,
     p.Progress: PROGRESS,
+    p.RecordPosition: POSITION,
+    p.BadRecord: BADRECORD,
 }
 
 # One instance of every message type, every field set to a non-default value.
@@ -44,14 +49,15 @@ MESSAGE_SAMPLES = {
     "done": p.Done(worker="w-1", inc="i", attempt=17,
                    parts=(PARTFILE, p.PartFile(partition=0, path="/x", size=0)),
                    output="/out/part-00000", stats=TASKSTATS,
-                   counters=(COUNTER, p.CounterValue(group="zmqmr", name="input records", value=2**40))),
+                   counters=(COUNTER, p.CounterValue(group="zmqmr", name="input records", value=2**40)),
+                   bad_records=(BADRECORD,), bad_count=7),
     "failed": p.Failed(worker="w-1", inc="i", attempt=3, error=TASKERROR, lost=True),
     "status": p.StatusQuery(what="task", kind="map", index=7),
     "welcome": p.Welcome(job_id="job-1", job=JOBSPEC, reducers=4, heartbeat_interval=0.5,
                          work_dir="/tmp/work"),
     "task": p.Task(job_id="job-1", kind="map", index=2, attempt=9,
                    segments=(SEGMENT, p.Segment(key="", path="/b", start=0, end=0)),
-                   inputs=("/w/a", "/w/b"), output_dir="/out"),
+                   inputs=("/w/a", "/w/b"), output_dir="/out", skip=(POSITION,)),
     "wait": p.Wait(retry_after=2.5),
     "wake": p.Wake(),
     "cancel": p.Cancel(attempt=5, reason="ran too long"),

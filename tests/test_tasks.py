@@ -13,7 +13,7 @@ from zmqmr.errors import JobLoadError, OutputError, UserCodeError
 from zmqmr.inputs import expand_inputs, plan_splits
 from zmqmr.job import Job, default_partitioner, load_job, spec_for, stable_hash
 from zmqmr.output import OutputDir, format_record
-from zmqmr.tasks import run_map, run_reduce
+from zmqmr.tasks import BadRecords, run_map, run_reduce
 
 
 def make_job(mapper, reducer=None, combiner=None, partitioner=default_partitioner) -> Job:
@@ -227,3 +227,43 @@ def test_output_commit_and_abort(tmp_path):
     failed.prepare(force=False, input_paths=[])
     failed.abort()
     assert not os.path.exists(tmp_path / "never")
+
+
+def test_skipping_a_bad_record_drops_all_of_its_pairs(tmp_path):
+    def mapper(path, line):
+        yield line, 1  # emitted before the failure: must not survive it
+        if line == "bad":
+            raise ValueError("bad line")
+
+    bad = BadRecords(limit=5)
+    parts, stats = run_map(make_job(mapper), segments_of(tmp_path, "ok\nbad\nfine\n\xff\n".encode("latin-1")),
+                           1, str(tmp_path / "m"), bad=bad)
+    assert dict(storage.read_pairs(parts[0].path)) == {"ok": 1, "fine": 1}
+    assert bad.count == 2 and stats.records_in == 4
+    assert "mapper raised ValueError: bad line" in bad.found[0].message
+    assert bad.found[0].location.endswith("in.txt at byte 3 (line 2), record 'bad'")
+    assert "not valid utf-8" in bad.found[1].message
+
+
+def test_skipping_a_bad_reduce_key_leaves_it_out_whole(tmp_path):
+    def reducer(key, values):
+        yield key, sum(values)
+        if key == "b":
+            raise ValueError("no b")
+
+    parts, _ = run_map(make_job(words), segments_of(tmp_path, "a b c b\n"), 1, str(tmp_path / "m"))
+    bad = BadRecords(limit=0)
+    out = tmp_path / "part"
+    stats = run_reduce(make_job(words, reducer), [p.path for p in parts], str(out), bad=bad)
+    assert out.read_text() == "a\t1\nc\t1\n"
+    assert stats.records_out == 2 and bad.count == 1 and bad.found[0].location == "key 'b'"
+
+
+def test_bad_records_keep_only_the_first_limit_plus_one(tmp_path):
+    def mapper(path, line):
+        raise ValueError(line)
+
+    bad = BadRecords(limit=2)
+    run_map(make_job(mapper), segments_of(tmp_path, "".join(f"{i}\n" for i in range(10))), 1, str(tmp_path / "m"),
+            bad=bad)
+    assert bad.count == 10 and len(bad.found) == 3

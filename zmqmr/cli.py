@@ -111,6 +111,9 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
     net.add_argument("--task-timeout", type=positive_seconds, metavar="SECONDS",
                      help="cancel and retry an attempt that runs longer than this (default: no limit); "
                           "the error names the record it was reading")
+    net.add_argument("--skip-bad-records", type=_number(int, 0, "a whole number"), metavar="N",
+                     help="skip up to N records (or reduce keys) that the user's code fails on, listing them in "
+                          "OUTPUT/_bad_records/; more fail the job (default: any failure fails the attempt)")
     net.add_argument("--blacklist-after", type=_number(int, 0, "a whole number"), default=3, metavar="N",
                      help="a worker on which N different tasks of this job failed gets no more tasks (0: never)")
     watch = parser.add_argument_group("watching the job")
@@ -183,7 +186,8 @@ def _plan(args: argparse.Namespace):
         codecs.lookup_error(args.encoding_errors)
     except LookupError as exc:
         raise UsageError(str(exc)) from None
-    spec = spec_for(args.job, args.encoding, args.encoding_errors)
+    spec = spec_for(args.job, args.encoding, args.encoding_errors,
+                    -1 if args.skip_bad_records is None else args.skip_bad_records)
     load_job(spec)  # a broken job fails here, before any worker is involved
     files = expand_inputs(args.input)
     work_dir = os.path.abspath(args.work_dir) if args.work_dir else ""
@@ -198,7 +202,8 @@ def _driver_settings(args: argparse.Namespace):
     config = SchedulerConfig(worker_timeout=args.worker_timeout, max_attempts=args.max_attempts,
                              max_worker_losses=args.max_worker_losses,
                              exit_grace=max(2.0, 3 * args.heartbeat_interval),
-                             blacklist_after=args.blacklist_after, task_timeout=args.task_timeout)
+                             blacklist_after=args.blacklist_after, task_timeout=args.task_timeout,
+                             skip_bad_records=args.skip_bad_records)
     return DriverSettings(bind_host=args.bind_host, port=args.port, heartbeat_interval=args.heartbeat_interval,
                           scheduler=config, http_port=args.http_port, counters_json=args.counters_json,
                           progress=_shows_progress(args), quiet=args.quiet)

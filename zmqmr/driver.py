@@ -34,6 +34,7 @@ MAX_MESSAGES_PER_ROUND = 1000
 MAX_POLL_SECONDS = 1.0
 BAD_MESSAGE_LOG_INTERVAL = 10.0
 COUNTERS_FILE = "_counters.json"
+BAD_RECORDS_FILE = os.path.join("_bad_records", "bad-records.jsonl")
 
 
 def counters_json(totals: Dict[str, Dict[str, int]]) -> str:
@@ -274,8 +275,9 @@ class Driver:
 
     def _task_frame(self, action: Assign) -> bytes:
         if action.kind == MAP:
+            skip = tuple(sorted(self.scheduler.tasks[(MAP, action.index)].skip, key=lambda p: (p.segment, p.offset)))
             task = protocol.Task(job_id=self.plan.job_id, kind=MAP, index=action.index, attempt=action.attempt,
-                                 segments=tuple(self.plan.splits[action.index]))
+                                 segments=tuple(self.plan.splits[action.index]), skip=skip)
         else:
             task = protocol.Task(job_id=self.plan.job_id, kind=REDUCE, index=action.index, attempt=action.attempt,
                                  inputs=tuple(self._reduce_inputs()[action.index]),
@@ -296,6 +298,11 @@ class Driver:
         extra = {}
         if self.settings.counters_json is None:
             extra[COUNTERS_FILE] = counters_json(self.monitor.counter_totals())
+        bad = self.scheduler.bad_records()
+        if bad:
+            extra[BAD_RECORDS_FILE] = "".join(
+                json.dumps({"task": f"{kind} {index}", **protocol.to_fields(record)}, ensure_ascii=False) + "\n"
+                for (kind, index), record in bad)
         try:
             self.output.commit(action.reduce_outputs, extra)
         except (OSError, OutputError) as exc:

@@ -19,8 +19,8 @@ from . import counters, protocol
 from .errors import JobLoadError, UserCodeError
 from .job import load_job
 from .procutil import describe_exit, die_with_parent
-from .tasks import (ATTEMPT, LINE, OFFSET, PROGRESS_SLOTS, RECORDS, SEGMENT, NoProgress, describe_location, run_map,
-                    run_reduce)
+from .tasks import (ATTEMPT, LINE, OFFSET, PROGRESS_SLOTS, RECORDS, SEGMENT, BadRecords, NoProgress,
+                    describe_location, run_map, run_reduce)
 from .usercode import user_traceback
 
 
@@ -39,18 +39,23 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
     counters.start_attempt()
     for slot, value in ((ATTEMPT, task.attempt), (RECORDS, 0), (SEGMENT, -1), (OFFSET, -1), (LINE, 0)):
         progress[slot] = value
+    limit = welcome.job.skip_bad_records
+    bad = BadRecords(limit, task.skip) if limit >= 0 else None
     try:
         job = load_job(welcome.job)
         if task.kind == "map":
             out_dir = map_output_dir(work_dir, welcome.job_id, task.index, task.attempt)
             parts, stats = run_map(job, task.segments, welcome.reducers, out_dir,
-                                   welcome.job.encoding, welcome.job.encoding_errors, progress)
-            return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, parts=tuple(parts), stats=stats,
-                                 counters=counters.attempt_counters())
-        out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
-        stats = run_reduce(job, task.inputs, out_path, progress)
-        return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, output=out_path, stats=stats,
-                             counters=counters.attempt_counters())
+                                   welcome.job.encoding, welcome.job.encoding_errors, progress, bad)
+            done = dict(parts=tuple(parts))
+        else:
+            out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
+            stats = run_reduce(job, task.inputs, out_path, progress, bad)
+            done = dict(output=out_path)
+        if bad is not None:
+            done.update(bad_records=tuple(bad.found), bad_count=bad.count)
+        return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, stats=stats,
+                             counters=counters.attempt_counters(), **done)
     except UserCodeError as exc:
         error = protocol.TaskError(kind="UserCodeError", message=_clip(exc.message),
                                    traceback=_clip(exc.traceback_text), location=_clip(exc.location), host=host)
@@ -113,12 +118,13 @@ class Executor:
         attempt, records, segment, offset, line = self.progress[:PROGRESS_SLOTS]
         if attempt != task.attempt:
             return None  # the task process has not started it yet
-        location = ""
-        if task.kind == "map" and 0 <= segment < len(task.segments):
+        location, position = "", None
+        if task.kind == "map" and 0 <= segment < len(task.segments) and offset >= 0:
             location = describe_location(task.segments[segment], offset, line)
+            position = protocol.RecordPosition(segment=segment, offset=offset)
         elif task.kind == "reduce" and records:
             location = f"the reducer's key number {records} of its partition"
-        return protocol.Progress(attempt=task.attempt, records=records, location=location)
+        return protocol.Progress(attempt=task.attempt, records=records, location=location, position=position)
 
     def death_reason(self) -> str:
         self.process.join(timeout=1.0)

@@ -56,10 +56,11 @@ class Job:
     partitioner: Callable[[Any, int], int]
 
 
-def spec_for(job_arg: Optional[str], encoding: str = "utf-8", encoding_errors: str = "strict") -> JobSpec:
+def spec_for(job_arg: Optional[str], encoding: str = "utf-8", encoding_errors: str = "strict",
+             skip_bad_records: int = -1) -> JobSpec:
     """Driver side: turn `--job` into a JobSpec, reading a file job's source."""
     name = job_arg or BUILTIN_JOB
-    common = dict(encoding=encoding, encoding_errors=encoding_errors)
+    common = dict(encoding=encoding, encoding_errors=encoding_errors, skip_bad_records=skip_bad_records)
     if name.endswith(".py") or os.sep in name or os.path.isfile(name):
         try:
             with open(name, "rb") as f:

@@ -125,6 +125,7 @@ class OutputDir:
 
     def _write_atomically(self, name: str, text: str) -> None:
         path = os.path.join(self.path, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -202,6 +202,7 @@ class JobSpec:
     sha256: str = check(Text(64), "")
     encoding: str = check(Text(64), "utf-8")
     encoding_errors: str = check(Text(64), "strict")
+    skip_bad_records: int = check(Int(-1, 2**62), -1)  # -1: a failing record fails the attempt
 
 
 @dataclass(frozen=True)
@@ -234,12 +235,31 @@ class CounterValue:
 
 
 @dataclass(frozen=True)
+class BadRecord:
+    """A record the user's code failed on, skipped under --skip-bad-records."""
+
+    location: str = check(Text(MAX_TEXT_LEN))
+    kind: str = check(Text(MAX_NAME_LEN))
+    message: str = check(Text(MAX_TEXT_LEN))
+    traceback: str = check(Text(MAX_TEXT_LEN), "")
+
+
+@dataclass(frozen=True)
+class RecordPosition:
+    """Where a record starts: the segment of the task's split and the byte offset."""
+
+    segment: int = check(Int(0, MAX_LIST_LEN))
+    offset: int = check(Int(0, 2**62))
+
+
+@dataclass(frozen=True)
 class Progress:
     """How far a running attempt got: records read, and where the current one starts."""
 
     attempt: int = check(Int())
     records: int = check(Int(0, 2**62), 0)
     location: str = check(Text(MAX_TEXT_LEN), "")
+    position: Optional[RecordPosition] = check(Maybe(Nested(RecordPosition)), None)
 
 
 @dataclass(frozen=True)
@@ -303,6 +323,8 @@ class Done(WorkerMessage):
     output: str = check(Text(MAX_PATH_LEN), "")
     stats: TaskStats = check(Nested(TaskStats), TaskStats())
     counters: Tuple[CounterValue, ...] = check(ListOf(Nested(CounterValue), MAX_COUNTERS), ())
+    bad_records: Tuple[BadRecord, ...] = check(ListOf(Nested(BadRecord)), ())
+    bad_count: int = check(Int(0, 2**62), 0)  # may exceed len(bad_records), which is capped
 
 
 @dataclass(frozen=True)
@@ -347,6 +369,7 @@ class Task(Message):
     segments: Tuple[Segment, ...] = check(ListOf(Nested(Segment)), ())
     inputs: Tuple[str, ...] = check(ListOf(Text(MAX_PATH_LEN, 1)), ())
     output_dir: str = check(Text(MAX_PATH_LEN), "")
+    skip: Tuple[RecordPosition, ...] = check(ListOf(Nested(RecordPosition)), ())  # records an attempt hung on
 
 
 @dataclass(frozen=True)

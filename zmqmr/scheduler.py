@@ -51,6 +51,7 @@ class SchedulerConfig:
     exit_grace: float = 3.0
     blacklist_after: int = 3  # failed attempts on one worker before it gets no more tasks; 0: never
     task_timeout: Optional[float] = None  # seconds an attempt may run before it is cancelled and retried
+    skip_bad_records: Optional[int] = None  # how many failing records the job may skip; None: none
 
 
 @dataclass
@@ -71,6 +72,10 @@ class TaskRecord:
     last_error: Optional[TaskError] = None
     records: int = 0  # progress of the running attempt, from heartbeats
     location: str = ""
+    position: Optional[protocol.RecordPosition] = None
+    skip: Set[protocol.RecordPosition] = field(default_factory=set)  # records earlier attempts hung on
+    bad_records: Tuple[protocol.BadRecord, ...] = ()
+    bad_count: int = 0
 
     @property
     def key(self) -> TaskKey:
@@ -323,7 +328,7 @@ class Scheduler:
         task.worker = worker.name
         task.attempts += 1
         task.started_at = now
-        task.records, task.location = 0, ""
+        task.records, task.location, task.position = 0, "", None
         self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now)
         worker.running.add(attempt)
         task_events.info("assigned %s attempt %d to %s", task.name, attempt, worker.name,
@@ -355,7 +360,12 @@ class Scheduler:
         task.output = msg.parts if task.kind == MAP else msg.output
         task.stats = msg.stats
         task.counters = msg.counters
+        task.bad_records, task.bad_count = msg.bad_records, msg.bad_count
         task.finished_at = now
+        if msg.bad_count:
+            too_many = self._too_many_bad_records(now)
+            if too_many:
+                return too_many
         self.finished_counts[task.kind] += 1
         seconds = round(now - (task.started_at or now), 3)
         task_events.info("%s attempt %d finished on %s in %.2f s", task.name, msg.attempt, worker.name, seconds,
@@ -368,6 +378,20 @@ class Scheduler:
             outputs = tuple(self.tasks[(REDUCE, i)].output for i in range(self.num_reduces))
             return [CommitOutput(outputs)]
         return []
+
+    def bad_records(self) -> List[Tuple[TaskKey, protocol.BadRecord]]:
+        """Records skipped by the winning attempts, task by task."""
+        return [(t.key, b) for t in self.tasks.values() if t.state == TaskState.FINISHED for b in t.bad_records]
+
+    def _too_many_bad_records(self, now: float) -> List[Action]:
+        limit = self.config.skip_bad_records
+        total = sum(t.bad_count for t in self.tasks.values() if t.state == TaskState.FINISHED)
+        if limit is None or total <= limit:
+            return []
+        first = self.bad_records()[:3]
+        listed = "; ".join(f"{b.location}: {b.message}" for _, b in first)
+        reason = f"{total} bad records, more than --skip-bad-records {limit}; the first: {listed}"
+        return self._fail_job(None, reason, None, now)
 
     def _check_output(self, task: TaskRecord, msg: protocol.Done) -> str:
         if task.kind == REDUCE:
@@ -422,6 +446,8 @@ class Scheduler:
     def _time_out(self, record: AttemptRecord, now: float) -> List[Action]:
         task = self.tasks[record.task]
         worker = self.workers[record.worker]
+        if self.config.skip_bad_records is not None and task.position is not None:
+            task.skip.add(task.position)  # the next attempt skips the record this one hung on
         where = f" while reading {task.location}" if task.location else ""
         message = (f"{task.name} attempt {record.attempt} ran longer than --task-timeout "
                    f"{self.config.task_timeout:g} s{where} ({task.records} records read)")
@@ -434,7 +460,7 @@ class Scheduler:
             record = self.attempts.get(p.attempt)
             if record is not None and record.worker == worker.name:
                 task = self.tasks[record.task]
-                task.records, task.location = p.records, p.location
+                task.records, task.location, task.position = p.records, p.location, p.position
 
     def _retry_or_fail(self, task: TaskRecord, attempt: int, now: float, what: str) -> List[Action]:
         reason = ""

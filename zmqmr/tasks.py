@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import time
 from itertools import groupby
-from typing import Any, Callable, Iterable, List, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from . import counters, storage
 from .errors import UserCodeError
 from .inputs import read_segment, strip_line_ending
 from .job import Job
 from .output import format_record, part_name
-from .protocol import PartFile, Segment, TaskStats
+from .protocol import BadRecord, PartFile, RecordPosition, Segment, TaskStats
 from .usercode import user_traceback
 
 _THIS_FILE = os.path.abspath(__file__).rstrip("c")
@@ -58,6 +58,23 @@ def describe_location(segment: Segment, offset: int, line_number: int) -> str:
 PAIRS = "it must return an iterable of (key, value) pairs"
 
 
+class BadRecords:
+    """Under --skip-bad-records: records the user's code failed on, kept up to limit + 1."""
+
+    def __init__(self, limit: int, skip: Iterable[RecordPosition] = ()):
+        self.limit = limit
+        self.known = {(p.segment, p.offset) for p in skip}  # records an earlier attempt hung on
+        self.found: List[BadRecord] = []
+        self.count = 0
+
+    def add(self, error: UserCodeError) -> None:
+        self.count += 1
+        counters.add_framework("bad records skipped", 1)
+        if len(self.found) <= self.limit:
+            self.found.append(BadRecord(location=error.location, kind="UserCodeError", message=error.message,
+                                        traceback=error.traceback_text))
+
+
 class NoProgress:
     """Stands in for the executor's shared progress array where nobody watches."""
 
@@ -71,11 +88,13 @@ PROGRESS_SLOTS = 5
 
 
 def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
-            encoding: str = "utf-8", errors: str = "strict", progress=NoProgress()) -> Tuple[List[PartFile], TaskStats]:
+            encoding: str = "utf-8", errors: str = "strict", progress=NoProgress(),
+            bad: Optional[BadRecords] = None) -> Tuple[List[PartFile], TaskStats]:
     """Map every line of the split, then write one sorted (and combined) file per partition.
 
     `progress` gets the records read and where the current record starts, before the
-    mapper sees it, so a worker can say which record a hung attempt was on.
+    mapper sees it, so a worker can say which record a hung attempt was on. With `bad`,
+    a record the mapper fails on is skipped whole and noted there instead of failing.
     """
     started = time.monotonic()
     buckets: List[list] = [[] for _ in range(reducers)]
@@ -94,11 +113,18 @@ def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
             try:
                 line = strip_line_ending(raw).decode(encoding, errors)
             except UnicodeDecodeError as exc:
-                raise UserCodeError(
+                error = UserCodeError(
                     f"input is not valid {encoding} ({exc.reason}); try --encoding latin-1 "
                     "or --encoding-errors replace",
                     describe_location(segment, offset + exc.start, line_number),
-                ) from None
+                )
+                if bad is None:
+                    raise error from None
+                bad.add(error)
+                continue
+            if bad is not None:
+                _map_or_skip(mapper, partitioner, buckets, segment, segment_index, offset, line_number, line, bad)
+                continue
             try:
                 if reducers == 1:
                     bucket = buckets[0]
@@ -135,6 +161,26 @@ def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
     counters.add_framework("map output records", mapped)
     counters.add_framework("spilled records", records_out)
     return parts, stats
+
+
+def _map_or_skip(mapper, partitioner, buckets, segment: Segment, segment_index: int, offset: int,
+                 line_number: int, line: str, bad: BadRecords) -> None:
+    """Map one record all or nothing: a record that fails adds none of its pairs."""
+    location = f"{describe_location(segment, offset, line_number)}, record {_shown(line)}"
+    if (segment_index, offset) in bad.known:
+        bad.add(UserCodeError("an earlier attempt hung on this record (--task-timeout)", location))
+        return
+    try:
+        pairs = [(key, value) for key, value in mapper(segment.key, line)]
+        targets = [0 if len(buckets) == 1 else _partition(partitioner, key, len(buckets)) for key, _ in pairs]
+    except UserCodeError as exc:
+        bad.add(UserCodeError(exc.message, exc.location or location, exc.traceback_text))
+        return
+    except Exception as exc:
+        bad.add(_user_error("mapper", exc, location, PAIRS))
+        return
+    for target, pair in zip(targets, pairs):
+        buckets[target].append(pair)
 
 
 def _partition(partitioner: Callable, key: Any, reducers: int) -> int:
@@ -174,8 +220,12 @@ def _combine(combiner: Callable, pairs: list) -> list:
     return combined
 
 
-def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=NoProgress()) -> TaskStats:
-    """Merge the sorted map outputs, call the reducer once per key, write key<TAB>value lines."""
+def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=NoProgress(),
+               bad: Optional[BadRecords] = None) -> TaskStats:
+    """Merge the sorted map outputs, call the reducer once per key, write key<TAB>value lines.
+
+    With `bad`, a key whose reducer fails is left out of the output whole and noted there.
+    """
     started = time.monotonic()
     inputs = list(inputs)
     bytes_in = sum(os.path.getsize(p) for p in inputs)
@@ -202,6 +252,15 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=NoProgre
                                     "keys of one job must be comparable with each other") from None
             groups += 1
             progress[RECORDS] = groups
+            if bad is not None:
+                try:
+                    lines = [format_record(out_key, value) for out_key, value in reducer(key, counted(values))]
+                except Exception as exc:
+                    bad.add(_user_error("reducer", exc, f"key {_shown(key)}", PAIRS))
+                    continue
+                write("".join(lines))
+                records_out += len(lines)
+                continue
             try:
                 for out_key, value in reducer(key, counted(values)):
                     write(format_record(out_key, value))
