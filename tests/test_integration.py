@@ -435,3 +435,40 @@ def test_poison_records_are_skipped_up_to_the_limit(procs, tmp_path):
     assert "3 bad records, more than --skip-bad-records 2; the first: " in too_many.stderr
     assert "POISON" in too_many.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_speculation_backs_up_a_straggling_worker(procs, tmp_path):
+    """Worker "slow" maps 20x slower. Idle "fast" gets backups of its tasks, which win."""
+    corpus = make_corpus(tmp_path / "input", files=6, lines=100)
+    job = write_job(tmp_path, """
+        import os, re, time
+        DELAY = 0.02 if os.environ.get("ZMQMR_TEST_SLOW") else 0.001
+        def mapper(path, line):
+            time.sleep(DELAY)
+            for word in re.findall(r"[^\\W\\d_]+", line):
+                yield word, 1
+        def reducer(word, counts):
+            yield word, sum(counts)
+        """)
+
+    def run(*extra):
+        port = free_port()
+        out = tmp_path / f"out{port}"
+        endpoint = f"tcp://127.0.0.1:{port}"
+        workers = [procs.start(zmqmr_command("worker", "--driver", endpoint, "--name", "slow"),
+                               env_extra={"ZMQMR_TEST_SLOW": "1"}),
+                   procs.start(zmqmr_command("worker", "--driver", endpoint, "--name", "fast"))]
+        wait_for(lambda: all(child_pids(w.pid) for w in workers), 30, "workers to start")
+        driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
+                                           "--port", port, "--speculation-min-seconds", 0.5, *extra))
+        result = finish(driver)
+        assert result.returncode == 0, result.stderr
+        assert counts_of(out) == sequential_wordcount(corpus)
+        return result, json.loads((out / "_counters.json").read_text())["zmqmr"]
+
+    with_backups, counted = run()
+    assert counted["speculative attempts"] >= 1
+    assert "finished first; cancelling attempt" in with_backups.stderr and " on slow" in with_backups.stderr
+    assert "starting backup attempt" in with_backups.stderr
+    without, counted = run("--no-speculation")
+    assert counted["speculative attempts"] == 0 and "backup" not in without.stderr

@@ -58,7 +58,7 @@ ERR = TaskError(kind="ValueError", message="bad record", traceback="tb", locatio
 def config(**overrides) -> SchedulerConfig:
     values = dict(
         worker_timeout=TIMEOUT, max_attempts=3, max_worker_losses=3, retry_after=RETRY_AFTER, exit_grace=GRACE,
-        blacklist_after=0,
+        blacklist_after=0, speculation=False,
     )
     values.update(overrides)
     return SchedulerConfig(**values)
@@ -1457,3 +1457,111 @@ def test_no_task_timeout_by_default():
         sim.now = float(t)
         sim.heartbeat("w1")
         assert not [x for x in sim.tick(float(t)) if isinstance(x, AttemptFailed)]
+
+
+# --- speculative execution -------------------------------------------------------------
+
+
+def spec_sim(num_maps=3, **cfg):
+    return Sim(num_maps, 1, speculation=True, speculation_factor=2.0, speculation_min_seconds=10.0, **cfg)
+
+
+def keep_alive(sim, until: float, *workers):
+    t = sim.now
+    while t < until:
+        t = min(until, t + 2.0)
+        sim.now = t
+        for w in workers:
+            sim.heartbeat(w)
+
+
+def test_an_idle_worker_gets_a_backup_of_a_straggler_and_the_first_finisher_wins():
+    sim = spec_sim()
+    for w in ("slow", "fast"):
+        sim.hello(w)
+    straggler = sim.assign("slow")
+    for _ in range(2):  # the fast worker does the other maps in 3 s each
+        a = sim.assign("fast")
+        sim.now += 3.0
+        sim.done("fast", a.attempt)
+    assert sent(sim.request("fast"), Wait) == ["fast"]  # 6 s < max(2 * 3 s, 10 s): no backup yet
+    keep_alive(sim, 10.5, "slow", "fast")
+    [backup] = assigns(sim.request("fast"))
+    assert (backup.kind, backup.index) == (straggler.kind, straggler.index) and backup.attempt != straggler.attempt
+    assert sim.s.task_status(MAP, straggler.index, sim.now)["backup_attempt"] == backup.attempt
+    assert sent(sim.request("fast", running=[backup.attempt]), Wait) == ["fast"]  # one backup per task
+    actions = sim.done("fast", backup.attempt)
+    [cancel] = [a for a in actions if isinstance(a, Send) and isinstance(a.message, Cancel)]
+    assert cancel.worker == "slow" and cancel.message.attempt == straggler.attempt
+    assert cancel.message.kind == MAP and cancel.message.index == straggler.index
+    assert sim.state(MAP, straggler.index) == TaskState.FINISHED
+    assert sim.s.tasks[(MAP, straggler.index)].output[0].path.startswith(f"m{backup.attempt}-")
+    assert sim.done("slow", straggler.attempt) == []  # the loser's late report changes nothing
+    assert sim.s.dropped["stale_attempt"] == 1
+    values = {(c.group, c.name): c.value for c in sim.s.counter_values()}
+    assert values[("zmqmr", "speculative attempts")] == 1
+
+
+def test_no_task_runs_twice_without_a_straggler():
+    sim = spec_sim(num_maps=4)
+    sim.hello("w1")
+    sim.hello("w2")
+    for _ in range(2):
+        a, b = sim.assign("w1"), sim.assign("w2")
+        keep_alive(sim, sim.now + 30.0, "w1", "w2")  # slow tasks, but all equally slow
+        sim.done("w1", a.attempt)
+        sim.done("w2", b.attempt)
+    assert all(t.attempts == 1 for t in sim.s.tasks.values() if t.kind == MAP)
+    assert sim.s.backups_started == 0
+
+
+def test_a_failing_backup_leaves_the_original_running():
+    sim = spec_sim(max_attempts=3)
+    sim.hello("slow")
+    sim.hello("fast")
+    straggler = sim.assign("slow")
+    for _ in range(2):
+        a = sim.assign("fast")
+        sim.now += 1.0
+        sim.done("fast", a.attempt)
+    keep_alive(sim, 12.0, "slow", "fast")
+    [backup] = assigns(sim.request("fast"))
+    actions = sim.fail("fast", backup.attempt)
+    assert assigns(actions) == [] and not finished(actions)
+    task = sim.s.tasks[(MAP, straggler.index)]
+    assert task.state == TaskState.RUNNING and task.attempt == straggler.attempt and task.backup is None
+    sim.done("slow", straggler.attempt)
+    assert task.state == TaskState.FINISHED
+
+
+def test_when_the_original_is_lost_the_backup_carries_on():
+    sim = spec_sim()
+    sim.hello("slow")
+    sim.hello("fast")
+    straggler = sim.assign("slow")
+    for _ in range(2):
+        a = sim.assign("fast")
+        sim.now += 1.0
+        sim.done("fast", a.attempt)
+    keep_alive(sim, 12.0, "slow", "fast")
+    [backup] = assigns(sim.request("fast"))
+    keep_alive(sim, 20.0, "fast")  # "slow" falls silent
+    sim.tick(20.0)
+    task = sim.s.tasks[(MAP, straggler.index)]
+    assert "slow" not in sim.s.workers
+    assert task.state == TaskState.RUNNING and task.attempt == backup.attempt and task.worker == "fast"
+    assert list(sim.s.ready) == []  # not queued a third time
+    sim.done("fast", backup.attempt)
+    assert task.state == TaskState.FINISHED
+
+
+def test_no_backups_with_speculation_off():
+    sim = Sim(3, 1, speculation=False)
+    sim.hello("slow")
+    sim.hello("fast")
+    sim.assign("slow")
+    for _ in range(2):
+        a = sim.assign("fast")
+        sim.done("fast", a.attempt)
+    keep_alive(sim, 500.0, "slow", "fast")
+    assert assigns(sim.request("fast")) == []

@@ -114,6 +114,12 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
     net.add_argument("--skip-bad-records", type=_number(int, 0, "a whole number"), metavar="N",
                      help="skip up to N records (or reduce keys) that the user's code fails on, listing them in "
                           "OUTPUT/_bad_records/; more fail the job (default: any failure fails the attempt)")
+    net.add_argument("--no-speculation", dest="speculation", action="store_false",
+                     help="never start backup attempts of slow tasks (for jobs with side effects)")
+    net.add_argument("--speculation-factor", type=_number(float, 1.0, "a number of at least 1"), default=2.0,
+                     metavar="X", help="a task is a straggler when it has run X times its phase's median task time")
+    net.add_argument("--speculation-min-seconds", type=_number(float, 0.0, "a number of seconds"), default=10.0,
+                     metavar="SECONDS", help="... and at least this long")
     net.add_argument("--blacklist-after", type=_number(int, 0, "a whole number"), default=3, metavar="N",
                      help="a worker on which N different tasks of this job failed gets no more tasks (0: never)")
     watch = parser.add_argument_group("watching the job")
@@ -203,7 +209,9 @@ def _driver_settings(args: argparse.Namespace):
                              max_worker_losses=args.max_worker_losses,
                              exit_grace=max(2.0, 3 * args.heartbeat_interval),
                              blacklist_after=args.blacklist_after, task_timeout=args.task_timeout,
-                             skip_bad_records=args.skip_bad_records)
+                             skip_bad_records=args.skip_bad_records, speculation=args.speculation,
+                             speculation_factor=args.speculation_factor,
+                             speculation_min_seconds=args.speculation_min_seconds)
     return DriverSettings(bind_host=args.bind_host, port=args.port, heartbeat_interval=args.heartbeat_interval,
                           scheduler=config, http_port=args.http_port, counters_json=args.counters_json,
                           progress=_shows_progress(args), quiet=args.quiet)

@@ -389,11 +389,14 @@ class Wake(Message):
 
 @dataclass(frozen=True)
 class Cancel(Message):
-    """Stop this attempt (it timed out); the driver already counted it as failed."""
+    """Stop this attempt and remove its files: it timed out (and was counted as failed), or
+    another attempt of the task finished first."""
 
     TYPE: ClassVar[str] = "cancel"
     attempt: int = check(Int())
     reason: str = check(Text(MAX_TEXT_LEN), "")
+    kind: str = check(Text(16), "")  # with index: whose attempt files the worker removes
+    index: int = check(Int(0, MAX_TASK_ID), 0)
 
 
 @dataclass(frozen=True)

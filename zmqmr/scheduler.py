@@ -52,6 +52,9 @@ class SchedulerConfig:
     blacklist_after: int = 3  # failed attempts on one worker before it gets no more tasks; 0: never
     task_timeout: Optional[float] = None  # seconds an attempt may run before it is cancelled and retried
     skip_bad_records: Optional[int] = None  # how many failing records the job may skip; None: none
+    speculation: bool = True  # start a backup attempt of a straggler when workers sit idle
+    speculation_factor: float = 2.0  # a straggler has run longer than this times its phase's median...
+    speculation_min_seconds: float = 10.0  # ...and at least this long
 
 
 @dataclass
@@ -61,6 +64,8 @@ class TaskRecord:
     state: TaskState
     attempt: Optional[int] = None
     worker: Optional[str] = None
+    backup: Optional[int] = None  # a second, speculative attempt of a straggler
+    backup_worker: Optional[str] = None
     attempts: int = 0
     failures: int = 0
     worker_losses: int = 0
@@ -196,6 +201,7 @@ class Scheduler:
         self.dropped: Counter = Counter()
         self.workers_lost = 0
         self.blacklist: Dict[str, str] = {}
+        self.backups_started = 0
         self.started_at: Optional[float] = None
         self.reduce_opened_at: Optional[float] = None
         self.ended_at: Optional[float] = None
@@ -318,22 +324,61 @@ class Scheduler:
         if worker.name in self.blacklist:
             return actions + [Send(worker.name, protocol.Wait(retry_after=self.config.retry_after))]
         if not self.ready:
+            straggler = self._straggler_for(worker, now)
+            if straggler is not None:
+                return actions + self._start_backup(straggler, worker, now)
             worker.waiting = True
             return actions + [Send(worker.name, protocol.Wait(retry_after=self.config.retry_after))]
         task = self.tasks[self.ready.popleft()]
-        attempt = self.next_attempt
-        self.next_attempt += 1
+        attempt = self._new_attempt(task, worker, now)
         task.state = TaskState.RUNNING
         task.attempt = attempt
         task.worker = worker.name
-        task.attempts += 1
         task.started_at = now
         task.records, task.location, task.position = 0, "", None
+        return actions + [Assign(worker.name, task.kind, task.index, attempt)]
+
+    def _new_attempt(self, task: TaskRecord, worker: WorkerRecord, now: float) -> int:
+        attempt = self.next_attempt
+        self.next_attempt += 1
+        task.attempts += 1
         self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now)
         worker.running.add(attempt)
         task_events.info("assigned %s attempt %d to %s", task.name, attempt, worker.name,
                          extra={"event": "assigned", "task": task.name, "attempt": attempt, "worker": worker.name})
-        return actions + [Assign(worker.name, task.kind, task.index, attempt)]
+        return attempt
+
+    def _straggler_for(self, worker: WorkerRecord, now: float) -> Optional[TaskRecord]:
+        """The running task of this phase slowest beyond the speculation rule, not already backed up.
+
+        The rule: running longer than speculation_factor times the median time of the
+        phase's finished tasks, and at least speculation_min_seconds. A job without
+        stragglers never runs a task twice.
+        """
+        config = self.config
+        phase = {JobState.MAPPING: MAP, JobState.REDUCING: REDUCE}.get(self.state)
+        if not config.speculation or phase is None:
+            return None
+        tasks = [t for t in self.tasks.values() if t.kind == phase]
+        durations = sorted(t.finished_at - t.started_at for t in tasks
+                           if t.state == TaskState.FINISHED and t.started_at is not None)
+        if not durations:
+            return None
+        median = durations[len(durations) // 2] if len(durations) % 2 else \
+            (durations[len(durations) // 2 - 1] + durations[len(durations) // 2]) / 2
+        threshold = max(config.speculation_factor * median, config.speculation_min_seconds)
+        slow = [t for t in tasks if t.state == TaskState.RUNNING and t.backup is None and t.worker != worker.name
+                and now - t.started_at > threshold]
+        return min(slow, key=lambda t: t.started_at) if slow else None
+
+    def _start_backup(self, task: TaskRecord, worker: WorkerRecord, now: float) -> List[Action]:
+        attempt = self._new_attempt(task, worker, now)
+        task.backup, task.backup_worker = attempt, worker.name
+        self.backups_started += 1
+        log.info("%s has run %.1f s on %s; starting backup attempt %d on %s", task.name, now - task.started_at,
+                 task.worker, attempt, worker.name,
+                 extra={"event": "backup", "task": task.name, "attempt": attempt, "worker": worker.name})
+        return [Assign(worker.name, task.kind, task.index, attempt)]
 
     def _current_attempt(self, worker: WorkerRecord, attempt: int) -> Optional[TaskRecord]:
         """The task whose live attempt this is, or None for a stale or foreign attempt."""
@@ -355,6 +400,7 @@ class Scheduler:
         worker.running.discard(msg.attempt)
         del self.attempts[msg.attempt]
         worker.tasks_done += 1
+        actions = self._cancel_other_attempt(task, msg.attempt)
         task.state = TaskState.FINISHED
         task.attempt = None
         task.output = msg.parts if task.kind == MAP else msg.output
@@ -365,19 +411,36 @@ class Scheduler:
         if msg.bad_count:
             too_many = self._too_many_bad_records(now)
             if too_many:
-                return too_many
+                return actions + too_many
         self.finished_counts[task.kind] += 1
         seconds = round(now - (task.started_at or now), 3)
         task_events.info("%s attempt %d finished on %s in %.2f s", task.name, msg.attempt, worker.name, seconds,
                          extra={"event": "finished", "task": task.name, "attempt": msg.attempt,
                                 "worker": worker.name, "seconds": seconds})
         if task.kind == MAP and self.finished_counts[MAP] == self.num_maps:
-            return self._open_reduce_phase(now)
+            return actions + self._open_reduce_phase(now)
         if task.kind == REDUCE and self.finished_counts[REDUCE] == self.num_reduces:
             self.state = JobState.COMMITTING
             outputs = tuple(self.tasks[(REDUCE, i)].output for i in range(self.num_reduces))
-            return [CommitOutput(outputs)]
-        return []
+            return actions + [CommitOutput(outputs)]
+        return actions
+
+    def _cancel_other_attempt(self, task: TaskRecord, winner: int) -> List[Action]:
+        """The first attempt to finish wins; the other one (a backup, or the original) is cancelled."""
+        other, other_worker = (task.backup, task.backup_worker) if winner == task.attempt else \
+            (task.attempt, task.worker)
+        task.backup = task.backup_worker = None
+        if other is None or other == winner:
+            return []
+        self.attempts.pop(other, None)
+        loser = self.workers.get(other_worker)
+        if loser is None:
+            return []
+        loser.running.discard(other)
+        log.info("%s: attempt %d finished first; cancelling attempt %d on %s", task.name, winner, other,
+                 other_worker)
+        reason = f"attempt {winner} of {task.name} finished first"
+        return [Send(other_worker, protocol.Cancel(attempt=other, reason=reason, kind=task.kind, index=task.index))]
 
     def bad_records(self) -> List[Tuple[TaskKey, protocol.BadRecord]]:
         """Records skipped by the winning attempts, task by task."""
@@ -452,7 +515,8 @@ class Scheduler:
         message = (f"{task.name} attempt {record.attempt} ran longer than --task-timeout "
                    f"{self.config.task_timeout:g} s{where} ({task.records} records read)")
         error = TaskError(kind="TaskTimeout", message=message, location=task.location, host=worker.host)
-        cancel = Send(worker.name, protocol.Cancel(attempt=record.attempt, reason=message))
+        cancel = Send(worker.name, protocol.Cancel(attempt=record.attempt, reason=message, kind=task.kind,
+                                                   index=task.index))
         return [cancel] + self._attempt_failed(worker, task, record.attempt, error, False, now)
 
     def _note_progress(self, worker: WorkerRecord, progress) -> None:
@@ -479,9 +543,19 @@ class Scheduler:
         return self._requeue(task, attempt, now)
 
     def _stop_attempt(self, task: TaskRecord, attempt: int) -> bool:
-        """Forget a live attempt; the task is READY again (not queued). False if it was stale."""
+        """Forget a live attempt. True if the task has none left and is READY again (not queued);
+        False if the attempt was stale or the task's other attempt goes on."""
         self.attempts.pop(attempt, None)
-        if task.attempt != attempt or task.state != TaskState.RUNNING:
+        if task.state != TaskState.RUNNING:
+            return False
+        if attempt == task.backup:
+            task.backup = task.backup_worker = None
+            return False
+        if attempt != task.attempt:
+            return False
+        if task.backup is not None:  # the backup carries on as the task's attempt
+            task.attempt, task.worker = task.backup, task.backup_worker
+            task.backup = task.backup_worker = None
             return False
         task.state = TaskState.READY
         task.attempt = None
@@ -579,6 +653,8 @@ class Scheduler:
             "state": task.state.value,
             "worker": task.worker,
             "attempt": task.attempt,
+            "backup_attempt": task.backup,
+            "backup_worker": task.backup_worker,
             "attempts": task.attempts,
             "failures": task.failures,
             "worker_losses": task.worker_losses,
@@ -610,6 +686,7 @@ class Scheduler:
             protocol.CounterValue(FRAMEWORK_GROUP, "failed attempts", sum(t.failures for t in self.tasks.values())),
             protocol.CounterValue(FRAMEWORK_GROUP, "retried attempts",
                                   sum(max(0, t.attempts - 1) for t in self.tasks.values())),
+            protocol.CounterValue(FRAMEWORK_GROUP, "speculative attempts", self.backups_started),
             protocol.CounterValue(FRAMEWORK_GROUP, "lost workers", self.workers_lost),
         ]
         return values

@@ -21,7 +21,7 @@ import zmq
 
 from . import __version__, protocol
 from .errors import ProtocolError
-from .executor import Executor
+from .executor import Executor, map_output_dir, reduce_output_path
 
 log = logging.getLogger("zmqmr.worker")
 
@@ -269,13 +269,22 @@ class Worker:
         self.poller.register(self.executor.fileno(), zmq.POLLIN)
 
     def _cancel(self, message: protocol.Cancel) -> None:
-        log.warning("cancelling attempt %d: %s", message.attempt, message.reason)
+        """Stop the attempt if it runs or waits here, then remove whatever files it wrote."""
+        log.info("cancelling attempt %d: %s", message.attempt, message.reason)
+        tasks = [t for t, _ in self.queued] + ([self.current] if self.current is not None else [])
+        output_dirs = [t.output_dir for t in tasks if t.attempt == message.attempt and t.output_dir]
         self.queued = deque((t, f) for t, f in self.queued if t.attempt != message.attempt)
         if self.current is not None and self.current.attempt == message.attempt:
             self.current = None
             self._restart_executor()
             if self.queued:
                 self._start(*self.queued.popleft())
+        if message.kind == "map" and self.welcome is not None:
+            shutil.rmtree(map_output_dir(self._work_dir(), self.welcome.job_id, message.index, message.attempt),
+                          ignore_errors=True)
+        for output_dir in output_dirs:
+            shutil.rmtree(os.path.dirname(reduce_output_path(output_dir, message.index, message.attempt)),
+                          ignore_errors=True)
 
     def _abandon_tasks(self) -> None:
         """The driver gave up on this worker's attempts: stop computing them."""
