@@ -119,3 +119,42 @@ def test_python_dash_m_without_a_command():
     result = subprocess.run(zmqmr_command("bogus"), capture_output=True, text=True, timeout=30,
                             env={**os.environ, "PYTHONPATH": ROOT})
     assert result.returncode == 2 and "usage: python -m zmqmr" in result.stderr
+
+
+def test_encodings_that_cannot_be_cut_at_newline_bytes_are_refused(capsys, corpus, tmp_path):
+    code = run_main(driver_main, ["--encoding", "utf-16", "--input", corpus[0], "--output", str(tmp_path / "o")])
+    assert "convert the input to UTF-8" in one_line_error(capsys, code)
+
+
+def test_file_names_that_are_not_utf8_are_refused(capsys, tmp_path):
+    directory = tmp_path / "in"
+    directory.mkdir()
+    with open(os.path.join(os.fsencode(directory), b"caf\xe9.txt"), "w") as f:
+        f.write("x\n")
+    code = run_main(driver_main, ["--input", str(directory), "--output", str(tmp_path / "o")])
+    assert "is not valid UTF-8; rename the file" in one_line_error(capsys, code)
+
+
+def test_heartbeat_must_be_well_below_the_worker_timeout(capsys, corpus, tmp_path):
+    code = run_main(local_main, ["--heartbeat-interval", "3", "--worker-timeout", "5", "--input", corpus[0],
+                                 "--output", str(tmp_path / "o")])
+    assert "at most half of --worker-timeout" in one_line_error(capsys, code)
+
+
+def test_worker_name_length_is_checked(capsys):
+    code = run_main(worker_main, ["--driver", "tcp://127.0.0.1:1", "--name", "w" * 300])
+    assert "--name must be 1 to 256 characters" in one_line_error(capsys, code)
+
+
+def test_force_keeps_the_old_output_when_the_new_job_fails(capsys, corpus, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-00000").write_text("old\t1\n")
+    (out / "_SUCCESS").write_text("")
+    job = tmp_path / "fails.py"
+    job.write_text("def mapper(k, v):\n    raise ValueError(v)\ndef reducer(k, vs):\n    return []\n")
+    code = run_main(local_main, ["--workers", "1", "-q", "--force", "--max-attempts", "1", "--job", str(job),
+                                 "--input", corpus[0], "--output", str(out)])
+    assert code == 1
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000"]
+    assert (out / "part-00000").read_text() == "old\t1\n"

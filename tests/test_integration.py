@@ -346,7 +346,7 @@ def test_interrupted_driver_tells_its_workers_to_leave(procs, corpus, tmp_path):
     driver.send_signal(signal.SIGINT)
     assert finish(driver, timeout=20).returncode == 130
     result = finish(worker, timeout=10)  # told to leave: no waiting for --driver-timeout
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the job did not succeed
     assert "the driver was interrupted" in result.stderr
     assert not out.exists()
 
@@ -472,3 +472,63 @@ def test_speculation_backs_up_a_straggling_worker(procs, tmp_path):
     assert "starting backup attempt" in with_backups.stderr
     without, counted = run("--no-speculation")
     assert counted["speculative attempts"] == 0 and "backup" not in without.stderr
+
+
+SLOW_WORDS = """
+    import re, time
+    def mapper(path, line):
+        time.sleep(0.002)
+        for word in re.findall(r"[^\\W\\d_]+", line):
+            yield word, 1
+    def reducer(word, counts):
+        yield word, sum(counts)
+    """
+
+
+def test_a_worker_stopped_early_leaves_the_shared_map_output_alone(procs, tmp_path):
+    corpus = make_corpus(tmp_path / "input", files=6, lines=300)
+    job = write_job(tmp_path, SLOW_WORDS)
+    port, out, work = free_port(), tmp_path / "out", tmp_path / "work"
+    endpoint = f"tcp://127.0.0.1:{port}"
+    driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
+                                       "--work-dir", work, "--port", port, *FAST))
+    quitter = procs.start(zmqmr_command("worker", "--driver", endpoint))
+    stayer = procs.start(zmqmr_command("worker", "--driver", endpoint))
+    wait_for(lambda: sum(1 for _ in work.glob("*/map-*/part-*.mpk")) >= 2, 60, "some finished maps")
+    quitter.send_signal(signal.SIGTERM)
+    assert finish(quitter).returncode == 130
+    result = finish(driver)
+    assert result.returncode == 0, result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus)
+    assert finish(stayer).returncode == 0
+
+
+def test_local_gives_up_when_every_worker_is_gone(procs, tmp_path):
+    corpus = make_corpus(tmp_path / "input", files=4, lines=2000)
+    job = write_job(tmp_path, SLOW_WORDS)
+    local = procs.start(zmqmr_command("local", "--workers", 2, "--job", job, "--input", *corpus,
+                                      "--output", tmp_path / "out"))
+    workers = wait_for(lambda: len(child_pids(local.pid)) == 2 and child_pids(local.pid), 30, "two workers")
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    result = finish(local, timeout=30)
+    assert result.returncode == 1
+    assert "every local worker has exited (local-0 was killed by SIGKILL" in result.stderr
+
+
+def test_two_live_workers_with_one_name_do_not_break_the_job(procs, tmp_path):
+    corpus = make_corpus(tmp_path / "input", files=6, lines=300)
+    job = write_job(tmp_path, SLOW_WORDS)
+    port, out = free_port(), tmp_path / "out"
+    endpoint = f"tcp://127.0.0.1:{port}"
+    driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
+                                       "--port", port))
+    first = procs.start(zmqmr_command("worker", "--driver", endpoint, "--name", "twin"))
+    wait_for(lambda: status.query(endpoint, "workers", timeout=1), 30, "the first twin to register")
+    second = procs.start(zmqmr_command("worker", "--driver", endpoint, "--name", "twin"))
+    result = finish(driver)
+    assert result.returncode == 0, result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus)
+    ends = [finish(first), finish(second)]
+    refused = [e for e in ends if e.returncode == 1]
+    assert len(refused) == 1 and "give each worker its own --name" in refused[0].stderr

@@ -204,3 +204,10 @@ def test_counter_totals_put_zmqmrs_group_first():
     values = [CounterValue("app", "b", 1), CounterValue("zmqmr", "z", 2), CounterValue("app", "b", 3),
               CounterValue("aaa", "x", 1)]
     assert list(counters.total(values).items()) == [("zmqmr", {"z": 2}), ("aaa", {"x": 1}), ("app", {"b": 4})]
+
+
+def test_counters_stay_within_what_the_wire_carries():
+    counters.start_attempt()
+    counters.increment("g", "n", 2**62)
+    with pytest.raises(UserCodeError, match="beyond"):
+        counters.increment("g", "n", 1)

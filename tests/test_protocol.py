@@ -201,7 +201,10 @@ def test_valid_message_exactly_at_the_limit_decodes_and_one_byte_more_does_not()
     frame = reply(n)
     assert len(frame) == p.MAX_MESSAGE_BYTES
     assert p.decode(frame, p.TO_WORKER).data == "x" * n
-    frame = reply(n + 1)
+    with pytest.raises(ProtocolError) as refused:  # encode never makes a frame a peer would drop
+        reply(n + 1)
+    assert refused.value.reason == "too_large"
+    frame = frame[:-1] + b"xx"  # a peer's oversize frame
     assert len(frame) == p.MAX_MESSAGE_BYTES + 1
     assert reason_of(frame, p.TO_WORKER) == "too_large"
 

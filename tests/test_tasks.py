@@ -267,3 +267,18 @@ def test_bad_records_keep_only_the_first_limit_plus_one(tmp_path):
     run_map(make_job(mapper), segments_of(tmp_path, "".join(f"{i}\n" for i in range(10))), 1, str(tmp_path / "m"),
             bad=bad)
     assert bad.count == 10 and len(bad.found) == 3
+
+
+def test_equal_keys_inside_tuples_meet_in_one_partition():
+    assert stable_hash((1, "a")) == stable_hash((1.0, "a")) == stable_hash([True, "a"])
+    assert stable_hash(((2.0, 3), "x")) == stable_hash(((2, 3.0), "x"))
+    assert stable_hash((1.5, "a")) != stable_hash((1, "a"))
+
+
+def test_values_msgpack_cannot_carry_are_the_users_error(tmp_path):
+    import datetime
+
+    for bad_value in (datetime.date(2026, 1, 1), 2**70, {1, 2}):
+        with pytest.raises(UserCodeError, match="msgpack cannot carry"):
+            run_map(make_job(lambda path, line, v=bad_value: [(line, v)]), segments_of(tmp_path, "a\n"), 1,
+                    str(tmp_path / "m"))

@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 from . import __version__
 from .errors import UsageError, ZmqmrError
 from .logs import LEVELS, setup_logging
+from .protocol import MAX_NAME_LEN
 
 DESCRIPTION = {
     "zmqmr-driver": "Run a MapReduce job: hand out tasks to zmqmr-worker processes and commit the output.",
@@ -192,6 +193,9 @@ def _plan(args: argparse.Namespace):
         codecs.lookup_error(args.encoding_errors)
     except LookupError as exc:
         raise UsageError(str(exc)) from None
+    if not _splits_on_newline_bytes(args.encoding):
+        raise UsageError(f"--encoding {args.encoding}: its lines do not end in the byte \\n, so its input "
+                         "cannot be cut into lines; convert the input to UTF-8 first")
     spec = spec_for(args.job, args.encoding, args.encoding_errors,
                     -1 if args.skip_bad_records is None else args.skip_bad_records)
     load_job(spec)  # a broken job fails here, before any worker is involved
@@ -199,6 +203,20 @@ def _plan(args: argparse.Namespace):
     work_dir = os.path.abspath(args.work_dir) if args.work_dir else ""
     return JobPlan(job=spec, inputs=files, splits=plan_splits(files, args.mappers), reducers=args.reducers,
                    output=args.output, force=args.force, work_dir=work_dir)
+
+
+def _splits_on_newline_bytes(encoding: str) -> bool:
+    """Input is cut at b"\\n" before decoding; UTF-16 and UTF-32 text cannot be."""
+    try:
+        return [part.decode(encoding) for part in "ab\ncd".encode(encoding).split(b"\n")] == ["ab", "cd"]
+    except UnicodeError:
+        return False
+
+
+def _check_timing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.heartbeat_interval * 2 > args.worker_timeout:
+        parser.error(f"--heartbeat-interval ({args.heartbeat_interval:g} s) must be at most half of "
+                     f"--worker-timeout ({args.worker_timeout:g} s), or busy workers would look lost")
 
 
 def _driver_settings(args: argparse.Namespace):
@@ -223,6 +241,7 @@ def _driver(argv: Optional[List[str]]) -> int:
     parser = _parser("zmqmr-driver")
     _add_job_options(parser, default_port=5555)
     args = parser.parse_args(argv)
+    _check_timing(parser, args)
     _setup_logging(args, "driver", live_progress=_live_progress(args))
     return Driver(_plan(args), _driver_settings(args)).run()
 
@@ -235,6 +254,7 @@ def _local(argv: Optional[List[str]]) -> int:
                         help="number of worker processes")
     _add_job_options(parser, default_port=0)
     args = parser.parse_args(argv)
+    _check_timing(parser, args)
     _setup_logging(args, "driver", live_progress=_live_progress(args))
     worker_options = ["--log-level", args.log_level] + ["-v"] * args.verbose + ["--log-json"] * args.log_json
     if args.log_file:
@@ -266,6 +286,8 @@ def _worker(argv: Optional[List[str]]) -> int:
     args = parser.parse_args(argv)
     if not args.driver.startswith(("tcp://", "ipc://", "inproc://")):
         parser.error(f"--driver {args.driver!r} is not a ZeroMQ endpoint such as tcp://host:5555")
+    if args.name is not None and not 0 < len(args.name) <= MAX_NAME_LEN:
+        parser.error(f"--name must be 1 to {MAX_NAME_LEN} characters long")
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     settings = WorkerSettings(driver=args.driver, name=args.name, work_dir=args.work_dir,

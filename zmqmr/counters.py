@@ -15,6 +15,7 @@ from typing import Dict, Iterable, Tuple
 from .errors import UserCodeError
 from .protocol import MAX_COUNTERS, MAX_NAME_LEN, CounterValue
 FRAMEWORK = "zmqmr"
+LIMIT = 2**62
 
 _attempt: Counter = Counter()
 
@@ -26,7 +27,10 @@ def increment(group: str, name: str, n: int = 1) -> None:
         _check_new(group, name)
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"counter increments must be whole numbers, not {n!r}")
-    _attempt[key] += n
+    value = _attempt[key] + n
+    if not -LIMIT <= value <= LIMIT:
+        raise UserCodeError(f"counter {group}/{name} would reach {value}, beyond ±2^62")
+    _attempt[key] = value
 
 
 def _check_new(group: str, name: str) -> None:

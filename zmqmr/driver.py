@@ -96,14 +96,17 @@ class Driver:
                                [split_bytes(s) for s in plan.splits], len(plan.inputs),
                                sum(f.size for f in plan.inputs))
         self.monitor.dropped = self.bad.counts
+        self.monitor.detailed = settings.http_port is not None
         self.status_server = None
         self.progress = None
+        self.health_checks: List = []  # callables: a reason to give up the job, or ""
         self.reduce_inputs: Optional[List[List[str]]] = None
         self.failure: Optional[JobFailure] = None
         self.succeeded = False
         self.welcome_frame = protocol.encode(protocol.Welcome(
             job_id=plan.job_id, job=plan.job, reducers=plan.reducers,
             heartbeat_interval=settings.heartbeat_interval, work_dir=plan.work_dir,
+            worker_timeout=settings.scheduler.worker_timeout,
         ))
         self.context: Optional[zmq.Context] = None
         self.sock = None
@@ -169,6 +172,10 @@ class Driver:
                     self._drain()
                 now = time.monotonic()
                 self._carry_out(self.scheduler.on_tick(now), now)
+                for check in self.health_checks:
+                    problem = check()
+                    if problem:
+                        self._carry_out(self.scheduler.abort(problem, now), now)
                 self._forget_routes()
                 self.monitor.refresh(now)
         except KeyboardInterrupt:
@@ -215,22 +222,30 @@ class Driver:
             message = protocol.decode(body, protocol.TO_DRIVER)
         except ProtocolError as exc:
             self.bad.record(exc.reason, str(exc), now)
-            if exc.reason == "version":
-                self._refuse_other_version(route, body)
+            self._refuse_bad_hello(route, body, exc)
             return
         if isinstance(message, protocol.StatusQuery):
             self._send_frame(route, protocol.encode(self._status(message, now)))
             return
         actions = self.scheduler.on_message(message, now)
         self._carry_out(actions, now, sender=(message.worker, route))
-        if message.worker in self.scheduler.workers:
+        registered = self.scheduler.workers.get(message.worker)
+        if registered is not None and registered.inc == message.inc:  # not a replaced process's route
             self.routes[message.worker] = route
 
-    def _refuse_other_version(self, route: bytes, body: bytes) -> None:
-        _, mtype, _ = protocol.peek_envelope(body)
-        if mtype == "hello":
+    def _refuse_bad_hello(self, route: bytes, body: bytes, error: ProtocolError) -> None:
+        """A worker whose hello is refused is told why, rather than left waiting for a driver."""
+        try:
+            _, mtype, _ = protocol.peek_envelope(body)
+        except ProtocolError:
+            return
+        if mtype != "hello":
+            return
+        if error.reason == "version":
             reason = f"protocol version mismatch: this driver speaks version {protocol.PROTOCOL_VERSION}"
-            self._send_frame(route, protocol.encode(protocol.Exit(reason=reason, ok=False)))
+        else:
+            reason = f"the driver refused this worker's hello: {error}"
+        self._send_frame(route, protocol.encode(protocol.Exit(reason=reason, ok=False)))
 
     # --- acting ---------------------------------------------------------------------------
 
@@ -241,7 +256,13 @@ class Driver:
             if isinstance(action, Send):
                 self._send_to(action.worker, protocol.encode(action.message), sender)
             elif isinstance(action, Assign):
-                if not self._send_to(action.worker, self._task_frame(action), sender):
+                try:
+                    frame = self._task_frame(action)
+                except ProtocolError as exc:
+                    pending += self.scheduler.abort(f"{action.kind} task {action.index} cannot be sent to a "
+                                                    f"worker ({exc}); use more --mappers", now)
+                    continue
+                if not self._send_to(action.worker, frame, sender):
                     pending += self.scheduler.assignment_undeliverable(action.attempt, now)
             elif isinstance(action, Greet):
                 self._send_to(action.worker, self.welcome_frame, sender)

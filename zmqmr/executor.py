@@ -16,7 +16,7 @@ from typing import Optional
 import msgpack
 
 from . import counters, protocol
-from .errors import JobLoadError, UserCodeError
+from .errors import JobLoadError, ProtocolError, UserCodeError
 from .job import load_job
 from .procutil import describe_exit, die_with_parent
 from .tasks import (ATTEMPT, LINE, OFFSET, PROGRESS_SLOTS, RECORDS, SEGMENT, BadRecords, NoProgress,
@@ -84,7 +84,13 @@ def _child_main(conn, progress, parent_pid: int, worker: str, inc: str) -> None:
         welcome = protocol.decode(request["welcome"], protocol.TO_WORKER)
         task = protocol.decode(request["task"], protocol.TO_WORKER)
         reply = run_assignment(welcome, task, request["work_dir"], worker, inc, progress)
-        conn.send_bytes(protocol.encode(reply))
+        try:
+            frame = protocol.encode(reply)
+        except ProtocolError as exc:
+            error = protocol.TaskError(kind="ProtocolError", host=socket.gethostname(),
+                                       message=f"the attempt's report cannot be sent to the driver: {exc}")
+            frame = protocol.encode(protocol.Failed(worker=worker, inc=inc, attempt=task.attempt, error=error))
+        conn.send_bytes(frame)
 
 
 class Executor:

@@ -31,6 +31,10 @@ def _is_hidden(name: str) -> bool:
 
 
 def _input_file(key: str) -> InputFile:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"input file name {key!r} is not valid UTF-8; rename the file") from None
     path = os.path.abspath(key)
     try:
         st = os.stat(path)

@@ -36,11 +36,20 @@ def stable_hash(key: Any) -> int:
     """
     if isinstance(key, str):
         return zlib.crc32(key.encode("utf-8", "surrogatepass"))
-    if isinstance(key, float) and key.is_integer():
-        key = int(key)
-    elif isinstance(key, bool):
-        key = int(key)
-    return zlib.crc32(msgpack.packb(key, use_bin_type=True))
+    return zlib.crc32(msgpack.packb(_canonical(key), use_bin_type=True))
+
+
+def _canonical(key: Any) -> Any:
+    """Equal keys, one form: integral floats and booleans as ints, lists as tuples, all the way down."""
+    if isinstance(key, bool):
+        return int(key)
+    if isinstance(key, float) and key.is_integer() and -(2**63) <= key < 2**63:
+        return int(key)
+    if isinstance(key, (list, tuple)):
+        return tuple(_canonical(k) for k in key)
+    if isinstance(key, dict):
+        return {_canonical(k): _canonical(v) for k, v in key.items()}
+    return key
 
 
 def default_partitioner(key: Any, num_reducers: int) -> int:

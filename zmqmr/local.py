@@ -12,6 +12,7 @@ import time
 from typing import List, Sequence
 
 from .driver import Driver, DriverSettings, JobPlan
+from .procutil import describe_exit
 
 log = logging.getLogger("zmqmr.local")
 
@@ -30,6 +31,14 @@ def start_workers(endpoint: str, count: int, options: Sequence[str] = ()) -> Lis
                *options]
     return [subprocess.Popen(command + ["--name", local_worker_name(i)], env=env, stdin=subprocess.DEVNULL)
             for i in range(count)]
+
+
+def all_gone(workers: List[subprocess.Popen]) -> str:
+    """Why the job cannot go on if no local worker is left, else ""."""
+    if any(proc.poll() is None for proc in workers):
+        return ""
+    ends = ", ".join(f"{local_worker_name(i)} {describe_exit(p.returncode)}" for i, p in enumerate(workers))
+    return f"every local worker has exited ({ends})"
 
 
 def local_worker_name(index: int) -> str:
@@ -65,6 +74,7 @@ def run_local(plan: JobPlan, settings: DriverSettings, workers: int, worker_opti
     try:
         endpoint = driver.bind()
         procs = start_workers(endpoint, workers, worker_options)
+        driver.health_checks.append(lambda: all_gone(procs))
         code = driver.run()
         told = driver.scheduler.told_exit()
         stop_workers(procs, [local_worker_name(i) in told for i in range(workers)])

@@ -41,6 +41,8 @@ class Monitor:
         self.dropped: Dict[str, int] = {}
         self.snapshot: dict = {}
         self.snapshot_at = float("-inf")
+        self.build_seconds = 0.0
+        self.detailed = True  # per-task and per-worker tables; only the status page needs them
         self.listeners = []
 
     # --- events ---------------------------------------------------------------------
@@ -65,9 +67,12 @@ class Monitor:
         log.error("%s", "\n".join(lines))
 
     def refresh(self, now: float, force: bool = False) -> dict:
-        """Rebuild the snapshot if it is older than SNAPSHOT_INTERVAL (or when forced)."""
-        if force or now - self.snapshot_at >= SNAPSHOT_INTERVAL:
+        """Rebuild the snapshot every SNAPSHOT_INTERVAL, or less often when building it is slow
+        (a job of a hundred thousand tasks), so that it never takes more than 5% of the loop."""
+        if force or now - self.snapshot_at >= max(SNAPSHOT_INTERVAL, 20 * self.build_seconds):
+            started = time.monotonic()
             self.snapshot = self.build(now)
+            self.build_seconds = time.monotonic() - started
             self.snapshot_at = now
             for listener in self.listeners:
                 listener(self.snapshot)
@@ -89,8 +94,8 @@ class Monitor:
         return {
             "job": job,
             "progress": self._progress(now, job["elapsed"]),
-            "tasks": scheduler.tasks_status(now),
-            "workers": scheduler.workers_status(now),
+            "tasks": scheduler.tasks_status(now) if self.detailed else [],
+            "workers": scheduler.workers_status(now) if self.detailed else [],
             "counters": self.counter_totals(),
             "errors": list(self.errors),
         }

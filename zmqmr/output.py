@@ -65,6 +65,7 @@ class OutputDir:
         self.temp_root = os.path.join(self.path, TEMPORARY)
         self.temp_dir = os.path.join(self.temp_root, job_id)
         self.created = False
+        self.previous: list = []  # zmqmr's earlier output, replaced at commit (--force)
 
     def prepare(self, force: bool, input_paths: Iterable[str]) -> None:
         """Make the directory ready, or raise OutputError saying why it cannot be used."""
@@ -81,7 +82,7 @@ class OutputDir:
                     f"output directory {self.path} exists and is not empty "
                     "(choose another --output, or add --force to replace zmqmr's earlier output)"
                 )
-            self._remove_previous_output(names)
+            self._note_previous_output(names)
         else:
             try:
                 os.makedirs(self.path)
@@ -93,18 +94,22 @@ class OutputDir:
         except OSError as exc:
             raise OutputError(f"cannot write to output directory {self.path}: {exc.strerror}") from None
 
-    def _remove_previous_output(self, names: Sequence[str]) -> None:
+    def _note_previous_output(self, names: Sequence[str]) -> None:
+        """--force: zmqmr's earlier output is replaced at commit, so a job that fails keeps it."""
         others = [n for n in names if not _is_ours(n)]
         if others:
             log.warning("--force: leaving %d file(s) zmqmr did not write in %s, e.g. %s",
                         len(others), self.path, others[0])
-        for name in names:
-            if _is_ours(name):
-                path = os.path.join(self.path, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.remove(path)
+        self.previous = [n for n in names if _is_ours(n) and n != TEMPORARY]
+
+    def _remove_previous_output(self) -> None:
+        for name in sorted(self.previous, key=lambda n: n != SUCCESS):  # _SUCCESS first
+            path = os.path.join(self.path, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        self.previous = []
 
     def contains(self, path: str) -> bool:
         return os.path.realpath(path).startswith(os.path.realpath(self.temp_dir) + os.sep)
@@ -114,6 +119,7 @@ class OutputDir:
         for path in reduce_outputs:
             if not self.contains(path) or not os.path.isfile(path):
                 raise OutputError(f"reduce output {path} is not a file under {self.temp_dir}")
+        self._remove_previous_output()
         for index, path in enumerate(reduce_outputs):
             os.replace(path, os.path.join(self.path, part_name(index)))
         for name, text in (extra_files or {}).items():

@@ -355,6 +355,7 @@ class Welcome(Message):
     reducers: int = check(Int(1, MAX_TASK_ID))
     heartbeat_interval: float = check(Float(0.001, 3600))
     work_dir: str = check(Text(MAX_PATH_LEN), "")
+    worker_timeout: float = check(Float(0, 1e6), 0.0)  # a worker's own interval must stay well below it
 
 
 @dataclass(frozen=True)
@@ -443,9 +444,14 @@ TO_WORKER: Dict[str, Type[Message]] = {
 
 
 def encode(message: Message) -> bytes:
+    """One frame; ProtocolError("too_large") rather than a frame the peer would drop."""
     body = {"v": PROTOCOL_VERSION, "t": message.TYPE}
     body.update(to_fields(message))
-    return msgpack.packb(body, use_bin_type=True)
+    frame = msgpack.packb(body, use_bin_type=True)
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"a {message.TYPE} message of {len(frame)} bytes, "
+                                         f"more than {MAX_MESSAGE_BYTES}")
+    return frame
 
 
 def _no_ext(code: int, data: bytes) -> Any:

@@ -168,6 +168,15 @@ class AttemptFailed:
 
 
 @dataclass(frozen=True)
+class TaskFinished:
+    """A task's winning attempt finished: worth journaling, so a restarted driver keeps it."""
+
+    kind: str
+    index: int
+    attempt: int
+
+
+@dataclass(frozen=True)
 class JobFinished:
     ok: bool
     failure: Optional[JobFailure] = None
@@ -201,6 +210,7 @@ class Scheduler:
         self.dropped: Counter = Counter()
         self.workers_lost = 0
         self.blacklist: Dict[str, str] = {}
+        self.replaced: Dict[str, Set[str]] = {}  # name -> incarnations that a restart replaced
         self.backups_started = 0
         self.started_at: Optional[float] = None
         self.reduce_opened_at: Optional[float] = None
@@ -217,6 +227,12 @@ class Scheduler:
         if worker is None:
             if self.state in TERMINAL:
                 return [Send(msg.worker, self._exit_message())]
+            if msg.inc in self.replaced.get(msg.worker, ()):
+                # A process we took for dead speaks: two live workers share one name.
+                self.dropped["replaced_incarnation"] += 1
+                reason = (f"another worker process registered as {msg.worker!r} after this one; "
+                          "give each worker its own --name")
+                return [Send(msg.worker, protocol.Exit(reason=reason, ok=False))]
             self.dropped["unknown_worker"] += 1
             return [Send(msg.worker, protocol.Reregister(reason="unknown worker; say hello"))]
         worker.last_seen = now
@@ -266,6 +282,29 @@ class Scheduler:
             return True
         return self.exit_deadline is not None and now >= self.exit_deadline
 
+    def restore_finished(self, kind: str, index: int, output: object, stats: protocol.TaskStats,
+                         counters: Tuple[protocol.CounterValue, ...] = (),
+                         bad_records: Tuple[protocol.BadRecord, ...] = (), bad_count: int = 0) -> None:
+        """Replay a journaled finished task into a fresh scheduler (a restarted driver's)."""
+        task = self.tasks[(kind, index)]
+        if task.state == TaskState.FINISHED:
+            return
+        if task.state == TaskState.RUNNING or (kind == REDUCE and self.state == JobState.MAPPING
+                                               and self.finished_counts[MAP] < self.num_maps):
+            raise ValueError(f"cannot restore {task.name} in state {task.state.value} before its maps")
+        if task.key in self.ready:
+            self.ready.remove(task.key)
+        task.state = TaskState.FINISHED
+        task.output, task.stats, task.counters = output, stats, tuple(counters)
+        task.bad_records, task.bad_count = tuple(bad_records), bad_count
+        self.finished_counts[kind] += 1
+        if kind == MAP and self.finished_counts[MAP] == self.num_maps:
+            self.state = JobState.REDUCING
+            for i in range(self.num_reduces):
+                if self.tasks[(REDUCE, i)].state == TaskState.BLOCKED:
+                    self.tasks[(REDUCE, i)].state = TaskState.READY
+                    self.ready.append((REDUCE, i))
+
     def told_exit(self) -> Set[str]:
         """Workers that were told the job is over."""
         return {w.name for w in self.workers.values() if w.told_exit}
@@ -285,6 +324,12 @@ class Scheduler:
         return [JobFinished(ok=True)] + self._end(now)
 
     def commit_failed(self, reason: str, now: float) -> List[Action]:
+        return self.abort(reason, now)
+
+    def abort(self, reason: str, now: float) -> List[Action]:
+        """The driver cannot go on (no output commit, a task it cannot send, no workers left)."""
+        if self.state in TERMINAL:
+            return []
         return self._fail_job(None, reason, None, now)
 
     # --- message handlers ------------------------------------------------------------
@@ -297,6 +342,12 @@ class Scheduler:
             return [Send(msg.worker, self._exit_message())]
         actions: List[Action] = []
         if known is not None and known.inc != msg.inc:
+            if msg.inc in self.replaced.get(msg.worker, ()):
+                self.dropped["replaced_incarnation"] += 1
+                reason = (f"another worker process registered as {msg.worker!r} after this one; "
+                          "give each worker its own --name")
+                return [Send(msg.worker, protocol.Exit(reason=reason, ok=False))]
+            self.replaced.setdefault(msg.worker, set()).add(known.inc)
             actions += self._lose_worker(known, now, "it restarted as a new process")
             known = None
             if self.state in TERMINAL:
@@ -413,6 +464,7 @@ class Scheduler:
             if too_many:
                 return actions + too_many
         self.finished_counts[task.kind] += 1
+        actions.append(TaskFinished(task.kind, task.index, msg.attempt))
         seconds = round(now - (task.started_at or now), 3)
         task_events.info("%s attempt %d finished on %s in %.2f s", task.name, msg.attempt, worker.name, seconds,
                          extra={"event": "finished", "task": task.name, "attempt": msg.attempt,

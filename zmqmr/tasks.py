@@ -152,7 +152,12 @@ def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
             counters.add_framework("combine output records", len(pairs))
         records_out += len(pairs)
         path = os.path.join(out_dir, part_name(index) + ".mpk")
-        size = storage.write_pairs(path, pairs)
+        try:
+            size = storage.write_pairs(path, pairs)
+        except (TypeError, OverflowError, ValueError) as exc:
+            raise UserCodeError(f"the map output holds a key or value that msgpack cannot carry ({exc}); keys "
+                                "and values must be str, bytes, int (64-bit), float, bool, None, or lists, "
+                                "tuples and dicts of those") from None
         parts.append(PartFile(partition=index, path=path, size=size))
     stats = TaskStats(records_in=records, bytes_in=bytes_in, records_out=records_out,
                       seconds=time.monotonic() - started)

@@ -55,14 +55,19 @@ class Worker:
         self.next_request_at = 0.0
         self.last_heard = self.last_sent = time.monotonic()
         self.own_temp_dir: Optional[str] = None
-        self.job_dirs = set()
+        self.job_dirs = set()  # job directories under this worker's own --work-dir
+        self.told_to_exit = False
         self.bad_messages = 0
 
     @property
     def heartbeat_interval(self) -> float:
-        if self.settings.heartbeat_interval is not None:
-            return self.settings.heartbeat_interval
-        return self.welcome.heartbeat_interval if self.welcome else DEFAULT_HEARTBEAT
+        """Ours if set, else the driver's; never so long that the driver would think us lost."""
+        if self.welcome is None:
+            return self.settings.heartbeat_interval or DEFAULT_HEARTBEAT
+        interval = self.settings.heartbeat_interval or self.welcome.heartbeat_interval
+        if self.welcome.worker_timeout:
+            interval = min(interval, self.welcome.worker_timeout / 3)
+        return interval
 
     def run(self) -> int:
         """Work until the driver says the job is over (0) or falls silent (1)."""
@@ -77,14 +82,17 @@ class Worker:
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.executor.fileno(), zmq.POLLIN)
         log.info("worker %s connecting to %s", self.name, self.settings.driver)
+        job_over = False
         try:
             self._say_hello()
-            return self._loop()
+            code = self._loop()
+            job_over = self.told_to_exit
+            return code
         finally:
             self.executor.stop()
             self.sock.close(linger=0)
             self.context.term()
-            self._remove_work_files()
+            self._remove_work_files(job_over)
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -202,9 +210,10 @@ class Worker:
             self.welcome = None
             self._say_hello()
         elif isinstance(message, protocol.Exit):
-            level = logging.INFO if message.ok else logging.WARNING
+            self.told_to_exit = True
+            level = logging.INFO if message.ok else logging.ERROR
             log.log(level, "the driver says: %s; exiting", message.reason)
-            return 0
+            return 0 if message.ok else 1
         return None
 
     def _on_welcome(self, welcome: protocol.Welcome, frame: bytes) -> None:
@@ -232,13 +241,15 @@ class Worker:
     # --- the task process ------------------------------------------------------------------
 
     def _work_dir(self) -> str:
-        base = self.settings.work_dir or self.welcome.work_dir
-        if not base:
-            if self.own_temp_dir is None:
-                self.own_temp_dir = tempfile.mkdtemp(prefix="zmqmr-worker-")
-            base = self.own_temp_dir
-        self.job_dirs.add(os.path.join(base, self.welcome.job_id))
-        return base
+        """Where map output goes: this worker's --work-dir, else the driver's shared one, else a temp dir."""
+        if self.settings.work_dir:
+            self.job_dirs.add(os.path.join(self.settings.work_dir, self.welcome.job_id))
+            return self.settings.work_dir
+        if self.welcome.work_dir:
+            return self.welcome.work_dir  # the driver's to clean up
+        if self.own_temp_dir is None:
+            self.own_temp_dir = tempfile.mkdtemp(prefix="zmqmr-worker-")
+        return self.own_temp_dir
 
     def _start(self, task: protocol.Task, frame: bytes) -> None:
         log.debug("running %s task %d (attempt %d)", task.kind, task.index, task.attempt)
@@ -257,9 +268,24 @@ class Worker:
                 self._send(protocol.Failed(worker=self.name, inc=self.inc, attempt=task.attempt, error=error,
                                            lost=True))
         else:
-            self._send_frame(frame)
+            self._send_frame(self._checked_reply(frame, task))
         if self.queued:
             self._start(*self.queued.popleft())
+
+    def _checked_reply(self, frame: bytes, task: Optional[protocol.Task]) -> bytes:
+        """The task process's report, or a Failed saying why the driver would not accept it.
+
+        A report the driver drops would leave the task to be re-run again and again.
+        """
+        try:
+            protocol.decode(frame, protocol.TO_DRIVER)
+            return frame
+        except ProtocolError as exc:
+            message = f"the attempt's report cannot be sent to the driver: {exc}"
+        attempt = task.attempt if task is not None else 0
+        log.error("%s", message)
+        error = protocol.TaskError(kind="ProtocolError", message=message[:2000], host=socket.gethostname())
+        return protocol.encode(protocol.Failed(worker=self.name, inc=self.inc, attempt=attempt, error=error))
 
     def _restart_executor(self) -> None:
         self.poller.unregister(self.executor.fileno())
@@ -293,8 +319,13 @@ class Worker:
             self.current = None
             self._restart_executor()
 
-    def _remove_work_files(self) -> None:
-        for path in self.job_dirs:
+    def _remove_work_files(self, job_over: bool) -> None:
+        """Once the job is over, map output is garbage. Before that, reducers (or a restarted
+        driver) may still need it, so a worker that stops early leaves it in place."""
+        mine = sorted(self.job_dirs) + ([self.own_temp_dir] if self.own_temp_dir else [])
+        if not job_over:
+            if mine:
+                log.warning("left this worker's map output in %s for the job to use", ", ".join(mine))
+            return
+        for path in mine:
             shutil.rmtree(path, ignore_errors=True)
-        if self.own_temp_dir:
-            shutil.rmtree(self.own_temp_dir, ignore_errors=True)
