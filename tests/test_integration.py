@@ -532,3 +532,59 @@ def test_two_live_workers_with_one_name_do_not_break_the_job(procs, tmp_path):
     ends = [finish(first), finish(second)]
     refused = [e for e in ends if e.returncode == 1]
     assert len(refused) == 1 and "give each worker its own --name" in refused[0].stderr
+
+
+def test_a_driver_killed_halfway_resumes_without_redoing_finished_maps(procs, tmp_path):
+    """SIGKILL the driver after half the maps finished; start it again with the same command.
+    Each map attempt leaves a marker file, as a user would count them."""
+    inputs = tmp_path / "input"
+    corpus = make_corpus(inputs, files=8, lines=150)
+    for path in corpus:  # a first line that tells the mapper a new attempt of this file began
+        text = open(path).read()
+        open(path, "w").write(f"FIRST {os.path.basename(path)}\n" + text)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    job = write_job(tmp_path, f"""
+        import os, re, time, uuid
+        def mapper(path, line):
+            if line.startswith("FIRST "):
+                open(os.path.join({str(markers)!r}, line.split()[1] + "." + uuid.uuid4().hex), "w").close()
+            time.sleep(0.004)
+            for word in re.findall(r"[^\\W\\d_]+", line):
+                yield word, 1
+        def reducer(word, counts):
+            yield word, sum(counts)
+        """)
+    port, out, work = free_port(), tmp_path / "out", tmp_path / "work"
+    endpoint = f"tcp://127.0.0.1:{port}"
+    command = zmqmr_command("driver", "--job", job, "--input", inputs, "--output", out, "--work-dir", work,
+                            "--port", port, "--reducers", 2)
+    driver = procs.start(command)
+    workers = [procs.start(zmqmr_command("worker", "--driver", endpoint, "--driver-timeout", 60)) for _ in range(2)]
+    journal = work / "journal.zmqmr"
+
+    def finished_maps():
+        if not journal.exists():
+            return []
+        return [json.loads(line) for line in journal.read_text().splitlines()
+                if '"finished"' in line and '"map"' in line]
+
+    wait_for(lambda: len(finished_maps()) >= 4, 60, "half the maps to finish")
+    driver.kill()
+    driver.wait(timeout=10)
+    finished_files = {corpus[m["index"]] for m in finished_maps()}
+    restarted = procs.start(command)
+    result = finish(restarted)
+    assert result.returncode == 0, result.stderr
+    assert "resumed job" in result.stderr and "kept" in result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus)
+    attempts = {}
+    for name in os.listdir(markers):
+        base = name.rsplit(".", 1)[0]
+        attempts[base] = attempts.get(base, 0) + 1
+    for path in finished_files:
+        assert attempts[os.path.basename(path)] == 1, f"{path} was mapped again after the restart"
+    assert sum(attempts.values()) < 2 * len(corpus)
+    assert not journal.exists()  # the job is over: nothing to resume
+    for worker in workers:
+        assert finish(worker).returncode == 0

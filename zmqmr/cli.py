@@ -6,7 +6,6 @@ User mistakes end with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import logging
 import os
@@ -81,9 +80,9 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
     job = parser.add_argument_group("job")
     job.add_argument("--job", help="a job file (.py) or an importable module name; "
                                    "without it, the built-in word count runs")
-    job.add_argument("--input", "-i", "--i_path", dest="input", nargs="+", required=True, metavar="PATH",
+    job.add_argument("--input", "-i", "--i_path", dest="input", nargs="+", metavar="PATH",
                      help="input files and directories (directories are read recursively; .gz is decompressed)")
-    job.add_argument("--output", "-o", "--o_path", dest="output", required=True, metavar="DIR",
+    job.add_argument("--output", "-o", "--o_path", dest="output", metavar="DIR",
                      help="output directory; must not exist or be empty (see --force)")
     job.add_argument("--force", action="store_true",
                      help="replace zmqmr's earlier output in a non-empty output directory")
@@ -184,36 +183,20 @@ def _main(prog: str, body: Callable[[Optional[List[str]]], int], argv: Optional[
 
 
 def _plan(args: argparse.Namespace):
-    from .driver import JobPlan
-    from .inputs import expand_inputs, plan_splits
-    from .job import load_job, spec_for
+    from .plan import new_plan, resumed_plan
 
-    try:
-        codecs.lookup(args.encoding)
-        codecs.lookup_error(args.encoding_errors)
-    except LookupError as exc:
-        raise UsageError(str(exc)) from None
-    if not _splits_on_newline_bytes(args.encoding):
-        raise UsageError(f"--encoding {args.encoding}: its lines do not end in the byte \\n, so its input "
-                         "cannot be cut into lines; convert the input to UTF-8 first")
-    spec = spec_for(args.job, args.encoding, args.encoding_errors,
-                    -1 if args.skip_bad_records is None else args.skip_bad_records)
-    load_job(spec)  # a broken job fails here, before any worker is involved
-    files = expand_inputs(args.input)
-    work_dir = os.path.abspath(args.work_dir) if args.work_dir else ""
-    return JobPlan(job=spec, inputs=files, splits=plan_splits(files, args.mappers), reducers=args.reducers,
-                   output=args.output, force=args.force, work_dir=work_dir)
+    if getattr(args, "resume", None):
+        return resumed_plan(args.resume)
+    return new_plan(args.job, args.input, args.output, reducers=args.reducers, mappers=args.mappers,
+                    work_dir=args.work_dir, force=args.force, encoding=args.encoding,
+                    encoding_errors=args.encoding_errors, skip_bad_records=args.skip_bad_records)
 
 
-def _splits_on_newline_bytes(encoding: str) -> bool:
-    """Input is cut at b"\\n" before decoding; UTF-16 and UTF-32 text cannot be."""
-    try:
-        return [part.decode(encoding) for part in "ab\ncd".encode(encoding).split(b"\n")] == ["ab", "cd"]
-    except UnicodeError:
-        return False
-
-
-def _check_timing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not getattr(args, "resume", None):
+        missing = [name for name in ("input", "output") if not getattr(args, name)]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join('--' + m for m in missing)}")
     if args.heartbeat_interval * 2 > args.worker_timeout:
         parser.error(f"--heartbeat-interval ({args.heartbeat_interval:g} s) must be at most half of "
                      f"--worker-timeout ({args.worker_timeout:g} s), or busy workers would look lost")
@@ -239,9 +222,12 @@ def _driver(argv: Optional[List[str]]) -> int:
     from .driver import Driver
 
     parser = _parser("zmqmr-driver")
+    parser.add_argument("--resume", metavar="WORK_DIR",
+                        help="go on with the job whose journal is in WORK_DIR, after the driver was killed "
+                             "(the job's other options come from the journal)")
     _add_job_options(parser, default_port=5555)
     args = parser.parse_args(argv)
-    _check_timing(parser, args)
+    _check_args(parser, args)
     _setup_logging(args, "driver", live_progress=_live_progress(args))
     return Driver(_plan(args), _driver_settings(args)).run()
 
@@ -254,7 +240,7 @@ def _local(argv: Optional[List[str]]) -> int:
                         help="number of worker processes")
     _add_job_options(parser, default_port=0)
     args = parser.parse_args(argv)
-    _check_timing(parser, args)
+    _check_args(parser, args)
     _setup_logging(args, "driver", live_progress=_live_progress(args))
     worker_options = ["--log-level", args.log_level] + ["-v"] * args.verbose + ["--log-json"] * args.log_json
     if args.log_file:

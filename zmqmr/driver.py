@@ -10,23 +10,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import zmq
 
 from . import protocol
 from .errors import OutputError, ProtocolError
-from .inputs import InputFile
-from .output import OutputDir
+from .journal import FinishedTask, Journal, JournalError
+from .output import SUCCESS, OutputDir
+from .plan import JobPlan
 from .monitor import SNAPSHOT_INTERVAL, Monitor, failure_report, print_counters, split_bytes
 from .progress import start_progress
-from .scheduler import (MAP, REDUCE, Assign, AttemptFailed, CommitOutput, Greet, JobFailure, JobFinished,
-                        Scheduler, SchedulerConfig, Send)
+from .scheduler import (MAP, REDUCE, Assign, AttemptFailed, CommitOutput, Greet, JobFailure, JobFinished, JobState,
+                        Scheduler, SchedulerConfig, Send, TaskFinished)
 
 log = logging.getLogger("zmqmr.driver")
 
@@ -39,20 +39,6 @@ BAD_RECORDS_FILE = os.path.join("_bad_records", "bad-records.jsonl")
 
 def counters_json(totals: Dict[str, Dict[str, int]]) -> str:
     return json.dumps(totals, indent=2, ensure_ascii=False) + "\n"
-
-
-@dataclass
-class JobPlan:
-    """Everything decided before the first worker arrives."""
-
-    job: protocol.JobSpec
-    inputs: Sequence[InputFile]
-    splits: Sequence[Tuple[protocol.Segment, ...]]
-    reducers: int
-    output: str
-    force: bool = False
-    work_dir: str = ""
-    job_id: str = field(default_factory=lambda: secrets.token_hex(6))
 
 
 @dataclass(frozen=True)
@@ -100,6 +86,8 @@ class Driver:
         self.status_server = None
         self.progress = None
         self.health_checks: List = []  # callables: a reason to give up the job, or ""
+        self.journal = Journal(plan.work_dir) if plan.work_dir and plan.journaled else None
+        self.interrupted = False
         self.reduce_inputs: Optional[List[List[str]]] = None
         self.failure: Optional[JobFailure] = None
         self.succeeded = False
@@ -114,7 +102,10 @@ class Driver:
 
     def bind(self) -> str:
         """Prepare the output and bind the socket; port 0 picks a free port. Returns the endpoint."""
-        self.output.prepare(self.plan.force, [f.path for f in self.plan.inputs])
+        if self.plan.resume is not None and os.path.exists(os.path.join(self.output.path, SUCCESS)):
+            raise JournalError(f"the job of this journal already succeeded ({self.output.path} has _SUCCESS); "
+                               f"remove {self.journal.path} to run it again")
+        self.output.prepare(self.plan.force, [f.path for f in self.plan.inputs], resume=self.plan.resume is not None)
         self.context = zmq.Context()
         self.sock = self.context.socket(zmq.ROUTER)
         self.sock.linger = 0
@@ -164,6 +155,7 @@ class Driver:
         longest_poll = SNAPSHOT_INTERVAL if self.monitor.listeners or self.status_server else MAX_POLL_SECONDS
         try:
             now = time.monotonic()
+            self._open_journal(now)
             self.monitor.refresh(now, force=True)
             while not self.scheduler.can_stop(now):
                 deadline = self.scheduler.next_deadline()
@@ -179,18 +171,61 @@ class Driver:
                 self._forget_routes()
                 self.monitor.refresh(now)
         except KeyboardInterrupt:
+            self.interrupted = True
             self._tell_everyone(protocol.Exit(reason="the driver was interrupted", ok=False))
             raise
         finally:
             final = self.monitor.refresh(time.monotonic(), force=True)
             if self.progress is not None:
                 self.progress.close(final)
-            if not self.succeeded:
-                self.output.abort()
-            self._remove_intermediate()
+            self._clean_up()
             self.close()
         self._report_counters()
         return 0 if self.succeeded else 1
+
+    def _clean_up(self) -> None:
+        """A job that ended leaves nothing behind; an interrupted one with a journal keeps what resuming needs."""
+        if self.interrupted and self.journal is not None and not self.succeeded:
+            self.journal.close()
+            log.warning("interrupted; finished tasks are kept: go on with zmqmr-driver --resume %s",
+                        self.plan.work_dir)
+            return
+        if not self.succeeded:
+            self.output.abort()
+        self._remove_intermediate()
+        if self.journal is not None:
+            self.journal.remove()
+
+    def _open_journal(self, now: float) -> None:
+        if self.journal is None:
+            return
+        if self.plan.resume is None:
+            self.journal.start(self.plan.journal_plan(), self.scheduler.next_attempt)
+            return
+        self._restore(self.plan.resume, now)
+        self.journal.resume(self.scheduler.next_attempt)
+
+    def _restore(self, replay, now: float) -> None:
+        """Take back the finished tasks whose output still exists; the rest run again."""
+        scheduler = self.scheduler
+        scheduler.next_attempt = max(scheduler.next_attempt, replay.attempts_below)
+        finished = {(f.kind, f.index): f for f in replay.finished}
+        for f in finished.values():
+            if f.kind == MAP and all(os.path.isfile(p.path) for p in f.parts):
+                scheduler.restore_finished(MAP, f.index, f.parts, f.stats, f.counters, f.bad_records, f.bad_count)
+        if scheduler.finished_counts[MAP] == scheduler.num_maps:
+            for f in finished.values():
+                if f.kind == REDUCE and os.path.isfile(f.output) and self.output.contains(f.output):
+                    scheduler.restore_finished(REDUCE, f.index, f.output, f.stats, f.counters, f.bad_records,
+                                               f.bad_count)
+        kept, rerun = scheduler.finished_counts, len(finished) - sum(scheduler.finished_counts.values())
+        log.info("resumed job %s from its journal: kept %d of %d map and %d of %d reduce tasks; %d finished "
+                 "task(s) lost their output and run again", self.plan.job_id, kept[MAP], scheduler.num_maps,
+                 kept[REDUCE], scheduler.num_reduces, rerun,
+                 extra={"event": "resumed", "maps_kept": kept[MAP], "reduces_kept": kept[REDUCE], "rerun": rerun})
+        if scheduler.state == JobState.COMMITTING:
+            outputs = tuple(scheduler.tasks[(REDUCE, i)].output for i in range(scheduler.num_reduces))
+            self._carry_out([CommitOutput(outputs)], now)
 
     def close(self) -> None:
         if self.status_server is not None:
@@ -262,6 +297,8 @@ class Driver:
                     pending += self.scheduler.abort(f"{action.kind} task {action.index} cannot be sent to a "
                                                     f"worker ({exc}); use more --mappers", now)
                     continue
+                if self.journal is not None:
+                    self.journal.reserve(action.attempt + 1)
                 if not self._send_to(action.worker, frame, sender):
                     pending += self.scheduler.assignment_undeliverable(action.attempt, now)
             elif isinstance(action, Greet):
@@ -272,6 +309,16 @@ class Driver:
                 self._on_finished(action)
             elif isinstance(action, AttemptFailed):
                 self.monitor.attempt_failed(action)
+            elif isinstance(action, TaskFinished) and self.journal is not None:
+                self.journal.finished(self._finished_record(action))
+
+    def _finished_record(self, action: TaskFinished) -> FinishedTask:
+        task = self.scheduler.tasks[(action.kind, action.index)]
+        return FinishedTask(kind=task.kind, index=task.index, attempt=action.attempt,
+                            parts=tuple(task.output) if task.kind == MAP else (),
+                            output=task.output if task.kind == REDUCE else "",
+                            stats=task.stats, counters=task.counters, bad_records=task.bad_records,
+                            bad_count=task.bad_count)
 
     def _send_to(self, worker: str, frame: bytes, sender: Tuple[str, bytes]) -> bool:
         route = sender[1] if worker == sender[0] else self.routes.get(worker)

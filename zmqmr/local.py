@@ -11,7 +11,8 @@ import tempfile
 import time
 from typing import List, Sequence
 
-from .driver import Driver, DriverSettings, JobPlan
+from .driver import Driver, DriverSettings
+from .plan import JobPlan
 from .procutil import describe_exit
 
 log = logging.getLogger("zmqmr.local")
@@ -69,6 +70,7 @@ def run_local(plan: JobPlan, settings: DriverSettings, workers: int, worker_opti
     own_work_dir = None
     if not plan.work_dir:
         own_work_dir = plan.work_dir = tempfile.mkdtemp(prefix="zmqmr-local-")
+        plan.journaled = False  # nothing could resume from a directory removed at exit
     driver = Driver(plan, settings)
     procs: List[subprocess.Popen] = []
     try:

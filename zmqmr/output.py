@@ -67,14 +67,19 @@ class OutputDir:
         self.created = False
         self.previous: list = []  # zmqmr's earlier output, replaced at commit (--force)
 
-    def prepare(self, force: bool, input_paths: Iterable[str]) -> None:
-        """Make the directory ready, or raise OutputError saying why it cannot be used."""
+    def prepare(self, force: bool, input_paths: Iterable[str], resume: bool = False) -> None:
+        """Make the directory ready, or raise OutputError saying why it cannot be used.
+
+        A resumed job finds its own reducers' output under _temporary/JOB_ID and keeps it.
+        """
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise OutputError(f"output {self.path} exists and is not a directory")
         real = os.path.realpath(self.path)
         for path in input_paths:
             if os.path.realpath(path).startswith(real + os.sep):
                 raise OutputError(f"output directory {self.path} contains the input file {path}")
+        if resume and os.path.isdir(self.temp_dir):
+            return
         if os.path.isdir(self.path):
             names = sorted(os.listdir(self.path))
             if names and not force:

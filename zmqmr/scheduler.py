@@ -304,6 +304,8 @@ class Scheduler:
                 if self.tasks[(REDUCE, i)].state == TaskState.BLOCKED:
                     self.tasks[(REDUCE, i)].state = TaskState.READY
                     self.ready.append((REDUCE, i))
+        if kind == REDUCE and self.finished_counts[REDUCE] == self.num_reduces:
+            self.state = JobState.COMMITTING  # the driver commits the output next
 
     def told_exit(self) -> Set[str]:
         """Workers that were told the job is over."""
