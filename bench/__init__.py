@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench NAME --help`. They print figures and ratios; they never pass or fail."""
