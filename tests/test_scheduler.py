@@ -8,6 +8,7 @@ reference model after every step.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, defaultdict
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -19,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from zmqmr.protocol import (
     Ack,
     Cancel,
+    CounterValue,
     Done,
     Exit,
     Failed,
@@ -26,6 +28,7 @@ from zmqmr.protocol import (
     Hello,
     PartFile,
     Progress,
+    RecordPosition,
     Reregister,
     Request,
     TaskError,
@@ -42,6 +45,7 @@ from zmqmr.scheduler import (
     JobFailure,
     AttemptFailed,
     JobFinished,
+    TaskFinished,
     JobState,
     Scheduler,
     SchedulerConfig,
@@ -204,15 +208,16 @@ def test_no_reduce_assigned_before_every_map_finished():
     assert {(a1.kind, a1.index), (a2.kind, a2.index)} == {(MAP, 0), (MAP, 1)}
     # Nothing READY while maps run: the idle worker waits, no reduce leaks out.
     assert sim.request("w3") == [Send("w3", Wait(retry_after=RETRY_AFTER))]
-    # One map finished: reduces stay BLOCKED and nobody is woken.
-    assert sim.done("w1", a1.attempt) == []
+    # One map finished: it is journaled, reduces stay BLOCKED and nobody is woken.
+    assert sim.done("w1", a1.attempt) == [TaskFinished(MAP, a1.index, a1.attempt)]
     assert sim.state(REDUCE, 0) == TaskState.BLOCKED
     assert sim.state(REDUCE, 1) == TaskState.BLOCKED
     assert sim.request("w1") == [Send("w1", Wait(retry_after=RETRY_AFTER))]
     assert sim.s.state == JobState.MAPPING
     # The last map finished: reduces become READY and both waiting workers are woken.
     actions = sim.done("w2", a2.attempt)
-    assert sorted(sent(actions, Wake)) == ["w1", "w3"]
+    assert actions[0] == TaskFinished(MAP, a2.index, a2.attempt)  # journaled before anyone is woken
+    assert sorted(sent(actions[1:], Wake)) == ["w1", "w3"] and len(actions) == 3
     assert assigns(actions) == []
     assert sim.s.state == JobState.REDUCING
     assert [sim.state(REDUCE, i) for i in range(2)] == [TaskState.READY] * 2
@@ -588,9 +593,11 @@ def test_hello_with_new_incarnation_requeues_old_tasks():
         assert task.state == TaskState.READY
         assert task.worker_losses == 1 and task.failures == 0
     assert sim.s.attempts == {}
-    # The old process's completion is from the wrong incarnation now.
-    late = sim.s.on_message(Done(worker="w1", inc="a", attempt=a.attempt), sim.now)
-    assert late == [Send("w1", Reregister(reason="unknown worker; say hello"))]
+    # The old process's completion is from a replaced incarnation now: two processes share a name.
+    [late] = sim.s.on_message(Done(worker="w1", inc="a", attempt=a.attempt), sim.now)
+    assert late.worker == "w1" and isinstance(late.message, Exit) and not late.message.ok
+    assert "another worker process registered as 'w1'" in late.message.reason
+    assert sim.s.dropped["replaced_incarnation"] == 1
     assert sim.state(a.kind, a.index) == TaskState.READY
 
 
@@ -634,7 +641,9 @@ def _all_reduces_done(num_reduces=3, order=None):
 
 def test_last_reduce_done_commits_outputs_in_reduce_index_order():
     sim, actions = _all_reduces_done(3, order=[2, 0, 1])
-    assert actions == [CommitOutput(("out-0", "out-1", "out-2"))]
+    [last] = [a for a, key in sim.kind_of.items() if key == (REDUCE, 1)]
+    # The last reduce is journaled first, then the commit follows.
+    assert actions == [TaskFinished(REDUCE, 1, last), CommitOutput(("out-0", "out-1", "out-2"))]
     assert sim.s.state == JobState.COMMITTING
     assert sim.s.finished_counts == Counter({MAP: 1, REDUCE: 3})
     assert not sim.s.can_stop(sim.now)
@@ -888,6 +897,25 @@ LOST_ERR = TaskError(kind="Killed", message="signal 9")
 TERMINAL = (JobState.SUCCEEDED, JobState.FAILED)
 
 
+class _Anything:
+    """Stands in a predicted action for a detail the model leaves open."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    def __hash__(self):
+        return 0
+
+    def __repr__(self):
+        return "ANY"
+
+
+ANY = _Anything()
+
+
 class ModelWorker:
     def __init__(self, inc: str, now: float):
         self.inc = inc
@@ -895,6 +923,7 @@ class ModelWorker:
         self.running: Set[int] = set()
         self.waiting = False
         self.told = False
+        self.failed_tasks: Set[Tuple[str, int]] = set()  # distinct tasks that failed on this process
 
 
 def norm(action):
@@ -903,6 +932,8 @@ def norm(action):
         m = action.message
         if isinstance(m, Wait):
             return ("Wait", action.worker, m.retry_after)
+        if isinstance(m, Cancel):
+            return ("Cancel", action.worker, m.attempt, (m.kind, m.index))
         return (type(m).__name__, action.worker)
     if isinstance(action, Greet):
         return ("Greet", action.worker)
@@ -912,15 +943,21 @@ def norm(action):
         f = action.failure
         return ("JobFinished", action.ok, f.task if f else None, f.error.kind if f and f.error else None)
     if isinstance(action, AttemptFailed):
-        return ("AttemptFailed", (action.kind, action.index), action.attempt, action.worker, action.lost)
+        e = action.error
+        return ("AttemptFailed", (action.kind, action.index), action.attempt, action.worker, action.lost, e.kind,
+                e.location)
+    if isinstance(action, TaskFinished):
+        return ("TaskFinished", (action.kind, action.index), action.attempt)
     raise AssertionError(f"unexpected action {action!r}")
 
 
 class SchedulerMachine(RuleBasedStateMachine):
     """Workers w1..w3 (processes that may restart) talk to one scheduler.
 
-    The model predicts every action except which READY task an Assign picks, and
-    the scheduler's task states, attempts, workers, counters and deadlines.
+    The model predicts every action, in order, except which READY task an Assign picks
+    and which of the equally old stragglers gets a backup; and the scheduler's task
+    states, live attempts (original and backup), workers, blacklist, counters, progress
+    and deadlines. The journal of TaskFinished actions is replayed after every step.
     """
 
     # --- set-up ----------------------------------------------------------------
@@ -930,9 +967,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         num_reduces=st.integers(1, 3),
         max_attempts=st.sampled_from([1, 2, 3, 5]),
         max_losses=st.sampled_from([1, 2, 4, 8]),
+        speculation=st.sampled_from([True, True, False]),
+        factor=st.sampled_from([0.5, 0.5, 1.0, 1.5]),
+        min_seconds=st.sampled_from([0.1, 0.5, 2.0]),
+        blacklist_after=st.sampled_from([0, 2, 3]),
+        task_timeout=st.sampled_from([None, 2.5, 6.0]),
+        workers=st.sampled_from([1, 2, 3, 3]),
     )
-    def setup(self, num_maps, num_reduces, max_attempts, max_losses):
-        self.cfg = config(max_attempts=max_attempts, max_worker_losses=max_losses)
+    def setup(self, num_maps, num_reduces, max_attempts, max_losses, speculation, factor, min_seconds,
+              blacklist_after, task_timeout, workers):
+        self.cfg = config(max_attempts=max_attempts, max_worker_losses=max_losses, speculation=speculation,
+                          speculation_factor=factor, speculation_min_seconds=min_seconds,
+                          blacklist_after=blacklist_after, task_timeout=task_timeout)
         self.s = Scheduler(num_maps, num_reduces, self.cfg)
         self.nm, self.nr = num_maps, num_reduces
         self.now = 0.0
@@ -944,19 +990,31 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.task_of: Dict[int, Tuple[str, int]] = {}  # every attempt ever assigned
         # The reference model.
         self.m_workers: Dict[str, ModelWorker] = {}
-        self.m_live: Dict[int, Tuple[Tuple[str, int], str]] = {}
+        self.m_live: Dict[int, Tuple[Tuple[str, int], str, float]] = {}  # attempt -> (task, worker, started)
         self.m_finished: Set[Tuple[str, int]] = set()
+        self.m_finished_at: Dict[Tuple[str, int], float] = {}
+        self.m_started: Dict[Tuple[str, int], float] = {}  # when the task last left READY
         self.m_outputs: Dict[int, str] = {}
         self.m_failures: Counter = Counter()
         self.m_losses: Counter = Counter()
+        self.m_attempts: Counter = Counter()
+        self.m_backups = 0
+        self.m_blacklist: Set[str] = set()
+        self.m_replaced: Dict[str, Set[str]] = defaultdict(set)
+        self.m_progress: Dict[Tuple[str, int], Tuple[int, str]] = {}  # the task's latest (records, location)
+        self.m_attempt_location: Dict[int, str] = {}  # each attempt's own latest location
         self.m_state = JobState.MAPPING
         self.m_dropped: Counter = Counter()
         self.m_exit_deadline: Optional[float] = None
         self.m_workers_lost = 0
         # Observations.
+        self.journal: List[tuple] = []  # restore_finished arguments of every TaskFinished, in order
         self.max_finished: Counter = Counter()
         self.frozen = None  # task states at the moment the job ended
-        self.hello("w1", restart=False)  # one worker from the start keeps most rules enabled
+        self.steps_after_end = 0
+        for name in NAMES[:workers]:  # workers from the start keep most rules enabled
+            self.hello(name, restart=False)
+        self.everyone_asks()
 
     # --- the model ---------------------------------------------------------------
 
@@ -966,10 +1024,14 @@ class SchedulerMachine(RuleBasedStateMachine):
     def m_maps_done(self) -> bool:
         return all((MAP, i) in self.m_finished for i in range(self.nm))
 
+    def m_live_of(self, key) -> List[int]:
+        """The task's live attempts, oldest (the original) first."""
+        return sorted(a for a, (k, _, _) in self.m_live.items() if k == key)
+
     def m_task_state(self, key) -> TaskState:
         if key in self.m_finished:
             return TaskState.FINISHED
-        if any(k == key for k, _ in self.m_live.values()):
+        if self.m_live_of(key):
             return TaskState.RUNNING
         if key[0] == REDUCE and not self.m_maps_done():
             return TaskState.BLOCKED
@@ -977,6 +1039,23 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def m_ready(self) -> List[Tuple[str, int]]:
         return [k for k in self.s.tasks if self.m_task_state(k) == TaskState.READY]
+
+    def m_stragglers(self, name: str) -> Dict[Tuple[str, int], float]:
+        """Tasks that may get a backup on worker `name`, with their start times."""
+        phase = {JobState.MAPPING: MAP, JobState.REDUCING: REDUCE}.get(self.m_state)
+        if not self.cfg.speculation or phase is None:
+            return {}
+        durations = [self.m_finished_at[k] - self.m_started[k] for k in self.m_finished if k[0] == phase]
+        if not durations:
+            return {}
+        threshold = max(self.cfg.speculation_factor * statistics.median(durations), self.cfg.speculation_min_seconds)
+        out = {}
+        for key in self.s.tasks:
+            live = self.m_live_of(key)
+            if key[0] == phase and len(live) == 1 and self.m_live[live[0]][1] != name \
+                    and self.now - self.m_started[key] > threshold:
+                out[key] = self.m_started[key]
+        return out
 
     def m_wake(self) -> list:
         out = []
@@ -986,9 +1065,16 @@ class SchedulerMachine(RuleBasedStateMachine):
                 out.append(("Wake", name))
         return out
 
+    def m_stop(self, attempt: int) -> bool:
+        """Forget a live attempt; True if its task has none left (and is READY again)."""
+        key = self.m_live.pop(attempt)[0]
+        if self.m_live_of(key):
+            event("the other attempt carries on")
+            return False
+        return True
+
     def m_requeue(self, attempt: int) -> list:
-        del self.m_live[attempt]
-        return self.m_wake()
+        return self.m_wake() if self.m_stop(attempt) else []
 
     def m_end(self) -> list:
         self.m_exit_deadline = self.now + self.cfg.exit_grace
@@ -1005,16 +1091,32 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def m_retry_or_fail(self, key, attempt, error_kind) -> list:
         if self.m_failures[key] >= self.cfg.max_attempts or self.m_losses[key] >= self.cfg.max_worker_losses:
-            del self.m_live[attempt]  # the attempt that failed the job is not left RUNNING
+            self.m_stop(attempt)  # the attempt that failed the job is not left RUNNING
             return self.m_fail(key, error_kind)
         return self.m_requeue(attempt)
+
+    def m_fail_if_no_usable_worker(self, error_kind) -> list:
+        if self.m_terminal() or not self.m_workers or any(n not in self.m_blacklist for n in self.m_workers):
+            return []
+        event("every worker blacklisted")
+        return self.m_fail(("job", 0), error_kind)
+
+    def m_maybe_blacklist(self, name: str, w: ModelWorker, error_kind) -> list:
+        limit = self.cfg.blacklist_after
+        if not limit or len(w.failed_tasks) < limit or name in self.m_blacklist or self.m_terminal():
+            return []
+        event("blacklisted a worker")
+        self.m_blacklist.add(name)
+        return self.m_fail_if_no_usable_worker(error_kind)
 
     def m_lose(self, name: str) -> list:
         w = self.m_workers.pop(name)
         self.m_workers_lost += 1
         if self.m_terminal():
             return []
-        out = []
+        out = self.m_fail_if_no_usable_worker(None)
+        if self.m_terminal():
+            return out
         for attempt in sorted(w.running):
             key = self.m_live[attempt][0]
             self.m_losses[key] += 1
@@ -1023,15 +1125,23 @@ class SchedulerMachine(RuleBasedStateMachine):
                 break
         return out
 
-    def m_attempt_failed(self, w: ModelWorker, attempt: int, error_kind: str, lost: bool) -> list:
+    def m_attempt_failed(self, name: str, attempt: int, error_kind: str, location, lost: bool) -> list:
+        w = self.m_workers[name]
         key = self.m_live[attempt][0]
         w.running.discard(attempt)
-        report = [("AttemptFailed", key, attempt, self.m_live[attempt][1], lost)]
+        w.failed_tasks.add(key)
+        report = [("AttemptFailed", key, attempt, name, lost, error_kind, location)]
         if lost:
             self.m_losses[key] += 1
         else:
             self.m_failures[key] += 1
-        return report + self.m_retry_or_fail(key, attempt, error_kind)
+        out = report + self.m_retry_or_fail(key, attempt, error_kind)
+        return out + self.m_maybe_blacklist(name, w, error_kind)
+
+    def m_replaced_speaks(self, name: str) -> list:
+        self.m_dropped["replaced_incarnation"] += 1
+        event("a replaced incarnation speaks")
+        return [("Exit", name)]
 
     def m_hello(self, name: str, inc: str) -> list:
         if self.m_terminal():
@@ -1042,6 +1152,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         out = []
         known = self.m_workers.get(name)
         if known is not None and known.inc != inc:
+            if inc in self.m_replaced[name]:
+                return self.m_replaced_speaks(name)
+            self.m_replaced[name].add(known.inc)
             out += self.m_lose(name)
             known = None
             if self.m_terminal():
@@ -1052,22 +1165,30 @@ class SchedulerMachine(RuleBasedStateMachine):
             known.last_seen = self.now
         return out + [("Greet", name)]
 
-    def m_message(self, msg) -> Tuple[list, bool]:
-        """Predicted actions (normalized) and whether exactly one Assign is expected."""
+    def m_message(self, msg) -> Tuple[list, object]:
+        """Predicted actions (normalized, in order) and which Assign is expected: None (no Assign),
+        "ready" (of a READY task), or {task: started} (a backup of one of these stragglers)."""
         if isinstance(msg, Hello):
-            return self.m_hello(msg.worker, msg.inc), False
+            return self.m_hello(msg.worker, msg.inc), None
         w = self.m_workers.get(msg.worker)
         if w is None or w.inc != msg.inc:
             if self.m_terminal():
-                return [("Exit", msg.worker)], False
+                return [("Exit", msg.worker)], None
+            if msg.inc in self.m_replaced[msg.worker]:
+                return self.m_replaced_speaks(msg.worker), None
             self.m_dropped["unknown_worker"] += 1
-            return [("Reregister", msg.worker)], False
+            return [("Reregister", msg.worker)], None
         w.last_seen = self.now
         if self.m_terminal():
             w.told, w.waiting = True, False
-            return [("Exit", msg.worker)], False
+            return [("Exit", msg.worker)], None
         if isinstance(msg, Heartbeat):
-            return [("Ack", msg.worker)], False
+            for p in msg.progress:
+                live = self.m_live.get(p.attempt)
+                if live is not None and live[1] == msg.worker:
+                    self.m_progress[live[0]] = (p.records, p.location)
+                    self.m_attempt_location[p.attempt] = p.location
+            return [("Ack", msg.worker)], None
         if isinstance(msg, Request):
             out = []
             for attempt in sorted(w.running - set(msg.running)):
@@ -1075,41 +1196,68 @@ class SchedulerMachine(RuleBasedStateMachine):
                 w.running.discard(attempt)
                 out += self.m_requeue(attempt)
             w.waiting = False
+            if msg.worker in self.m_blacklist:
+                event("a blacklisted worker asks")
+                return out + [("Wait", msg.worker, self.cfg.retry_after)], None
             if not self.m_ready():
+                stragglers = self.m_stragglers(msg.worker)
+                if stragglers:
+                    return out, stragglers
                 w.waiting = True
-                return out + [("Wait", msg.worker, self.cfg.retry_after)], False
-            return out, True
+                return out + [("Wait", msg.worker, self.cfg.retry_after)], None
+            return out, "ready"
         # Done or Failed
         live = self.m_live.get(msg.attempt)
         if live is None or live[1] != msg.worker:
             self.m_dropped["stale_attempt"] += 1
             event("stale attempt")
-            return [], False
+            return [], None
         key = live[0]
         if isinstance(msg, Failed):
-            return self.m_attempt_failed(w, msg.attempt, msg.error.kind, msg.lost), False
+            return self.m_attempt_failed(msg.worker, msg.attempt, msg.error.kind, msg.error.location, msg.lost), None
         bad = (not msg.output) if key[0] == REDUCE else any(p.partition >= self.nr for p in msg.parts)
         if bad:
             self.m_dropped["bad_completion"] += 1
-            return self.m_attempt_failed(w, msg.attempt, "ProtocolError", False), False
+            return self.m_attempt_failed(msg.worker, msg.attempt, "ProtocolError", "", False), None
         w.running.discard(msg.attempt)
         del self.m_live[msg.attempt]
+        out = []
+        for other in self.m_live_of(key):  # the first to finish wins; the other attempt is cancelled
+            event("the slower attempt is cancelled")
+            owner = self.m_live.pop(other)[1]
+            self.m_workers[owner].running.discard(other)
+            out.append(("Cancel", owner, other, key))
         self.m_finished.add(key)
+        self.m_finished_at[key] = self.now
+        out.append(("TaskFinished", key, msg.attempt))
         if key[0] == REDUCE:
             self.m_outputs[key[1]] = msg.output
         if key[0] == MAP and self.m_maps_done():
             self.m_state = JobState.REDUCING
-            return self.m_wake(), False
+            return out + self.m_wake(), None
         if key[0] == REDUCE and all((REDUCE, i) in self.m_finished for i in range(self.nr)):
             self.m_state = JobState.COMMITTING
-            return [("Commit", tuple(self.m_outputs[i] for i in range(self.nr)))], False
-        return [], False
+            return out + [("Commit", tuple(self.m_outputs[i] for i in range(self.nr)))], None
+        return out, None
 
     def m_tick(self) -> list:
         out = []
         limit = self.now - self.cfg.worker_timeout
         for name in [n for n, w in self.m_workers.items() if w.last_seen <= limit]:
             out += self.m_lose(name)
+        timeout = self.cfg.task_timeout
+        if timeout is None or self.m_terminal():
+            return out
+        for attempt in sorted(a for a, (_, _, t0) in self.m_live.items() if t0 + timeout <= self.now):
+            if self.m_terminal():
+                break
+            event("task timeout")
+            key, owner, _ = self.m_live[attempt]
+            location = self.m_progress.get(key, (0, ""))[1]
+            if location != self.m_attempt_location.get(attempt, ""):
+                location = ANY  # the other attempt's progress: see test_a_timeout_names_the_record_...
+            out.append(("Cancel", owner, attempt, key))
+            out += self.m_attempt_failed(owner, attempt, "TaskTimeout", location, False)
         return out
 
     # --- driving the scheduler -------------------------------------------------------
@@ -1117,43 +1265,74 @@ class SchedulerMachine(RuleBasedStateMachine):
     def check_actions(self, actual, expected, expect_assign, was_terminal):
         got_assigns = [a for a in actual if isinstance(a, Assign)]
         others = [norm(a) for a in actual if not isinstance(a, Assign)]
-        assert Counter(others) == Counter(expected), (actual, expected)
+        assert others == expected, (actual, expected)
         if was_terminal or self.m_terminal():
             assert got_assigns == [], "an Assign after the job ended"
         assert len(got_assigns) == (1 if expect_assign else 0), (actual, expect_assign)
+        if got_assigns:
+            assert actual[-1] is got_assigns[0], "the Assign comes last"
         return got_assigns
+
+    def observe(self, actual, msg):
+        """What the fake workers and the journal make of the actions."""
+        for action in actual:
+            if isinstance(action, Send) and isinstance(action.message, Cancel):
+                self.held[action.worker].discard(action.message.attempt)  # the worker obeys
+            if isinstance(action, TaskFinished):
+                key = (action.kind, action.index)
+                assert isinstance(msg, Done) and msg.attempt == action.attempt
+                assert key not in {(e[0], e[1]) for e in self.journal}, f"{key} FINISHED twice"
+                output = msg.parts if action.kind == MAP else msg.output
+                self.journal.append((action.kind, action.index, output, msg.stats, msg.counters, msg.bad_records,
+                                     msg.bad_count))
 
     def send(self, msg, deliver: bool = True):
         was_terminal = self.m_terminal()
         ready_before = set(self.m_ready()) if isinstance(msg, Request) else set()
         maps_finished_before = self.m_maps_done()
         actual = self.s.on_message(msg, self.now)
-        expected, expect_assign = self.m_message(msg)
-        for a in self.check_actions(actual, expected, expect_assign, was_terminal):
+        expected, expect = self.m_message(msg)
+        for a in self.check_actions(actual, expected, expect is not None, was_terminal):
             key = (a.kind, a.index)
             assert a.worker == msg.worker
-            assert key in set(self.m_ready()) | ready_before, f"{key} was not READY"
             assert a.attempt not in self.task_of, "attempt numbers are never reused"
-            event(f"assigned a {a.kind}")
-            if a.kind == REDUCE:
-                assert maps_finished_before and self.m_maps_done(), "reduce assigned before every map finished"
-                assert all(self.s.tasks[(MAP, i)].state == TaskState.FINISHED for i in range(self.nm))
+            if expect == "ready":
+                assert key in set(self.m_ready()) | ready_before, f"{key} was not READY"
+                event(f"assigned a {a.kind}")
+                if a.kind == REDUCE:
+                    assert maps_finished_before and self.m_maps_done(), "reduce assigned before every map finished"
+                    assert all(self.s.tasks[(MAP, i)].state == TaskState.FINISHED for i in range(self.nm))
+                self.m_started[key] = self.now
+                self.m_progress[key] = (0, "")
+            else:
+                assert key in expect, f"backup of {key}, which is no straggler: {expect}"
+                assert expect[key] == min(expect.values()), "the backup is not of the longest-running straggler"
+                event(f"backup of a {a.kind}")
+                self.m_backups += 1
             self.task_of[a.attempt] = key
-            self.m_live[a.attempt] = (key, msg.worker)
+            self.m_live[a.attempt] = (key, msg.worker, self.now)
+            self.m_attempts[key] += 1
             self.m_workers[msg.worker].running.add(a.attempt)
             if deliver:
                 self.held[msg.worker].add(a.attempt)
             else:  # the driver could not send it
                 event("undeliverable")
-                expected = []
                 self.m_workers[msg.worker].running.discard(a.attempt)
-                expected += self.m_requeue(a.attempt)
+                expected = self.m_requeue(a.attempt)
                 again = self.s.assignment_undeliverable(a.attempt, self.now)
-                assert Counter(norm(x) for x in again) == Counter(expected)
+                assert [norm(x) for x in again] == expected
+        self.observe(actual, msg)
         self.after_step()
         return actual
 
+    def lively(self) -> bool:
+        """Whether rules other than `tick` are enabled: a few steps after the job's end are
+        worth it (everyone is told to exit), many more only waste examples."""
+        return self.steps_after_end < 12
+
     def after_step(self):
+        if self.m_terminal():
+            self.steps_after_end += 1
         if self.m_terminal() and self.frozen is None:
             event(f"job {self.m_state.value}")
             self.frozen = {k: t.state for k, t in self.s.tasks.items()}
@@ -1163,7 +1342,8 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # --- rules ---------------------------------------------------------------------
 
-    @rule(name=st.sampled_from(NAMES), restart=st.booleans())
+    @precondition(lambda self: self.lively())
+    @rule(name=st.sampled_from(NAMES), restart=st.sampled_from([False, False, True]))
     def hello(self, name, restart):
         if restart or name not in self.proc_inc:
             if name in self.proc_inc:
@@ -1173,7 +1353,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.held[name] = set()  # a new process holds nothing
         self.send(Hello(worker=name, inc=self.proc_inc[name]))
 
-    @precondition(lambda self: self.started())
+    @precondition(lambda self: self.lively() and any(self.old_incs.values()))
+    @rule(data=st.data())
+    def zombie_hello(self, data):
+        """A process that was replaced by a restart (or taken for dead) says hello again."""
+        name = data.draw(st.sampled_from(sorted(n for n in self.old_incs if self.old_incs[n])), label="worker")
+        inc = data.draw(st.sampled_from(self.old_incs[name]), label="inc")
+        self.send(Hello(worker=name, inc=inc))
+
+    @precondition(lambda self: self.lively() and self.started())
     @rule(data=st.data(), deliver=st.sampled_from([True, True, True, False]), forget=st.booleans())
     def request(self, data, deliver, forget):
         name = data.draw(st.sampled_from(self.started()), label="worker")
@@ -1183,24 +1371,34 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.held[name].discard(lost)
         self.send(Request(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))), deliver)
 
-    @precondition(lambda self: self.started())
+    @precondition(lambda self: self.lively() and self.started())
     @rule(data=st.data())
     def heartbeat(self, data):
         name = data.draw(st.sampled_from(self.started()), label="worker")
-        self.send(Heartbeat(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))))
+        progress = []
+        for attempt in sorted(self.held[name]):
+            records = data.draw(st.none() | st.integers(0, 40), label=f"records of {attempt}")
+            if records is not None:
+                position = RecordPosition(segment=0, offset=records * 10)
+                progress.append(Progress(attempt=attempt, records=records, location=f"a{attempt} line {records}",
+                                         position=position))
+        self.send(Heartbeat(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name])),
+                            progress=tuple(progress)))
 
     def done_message(self, name, inc, attempt, data, bad=False):
         kind, index = self.task_of[attempt]
+        stats = TaskStats(records_in=attempt, records_out=index, seconds=0.5)
+        counters = (CounterValue("app", "attempt", attempt),)
         if kind == MAP:
             partitions = data.draw(st.sets(st.integers(0, self.nr - 1), max_size=self.nr), label="partitions")
             if bad:
                 partitions = set(partitions) | {self.nr}
             parts = tuple(PartFile(partition=p, path=f"m{index}-a{attempt}-p{p}") for p in sorted(partitions))
-            return Done(worker=name, inc=inc, attempt=attempt, parts=parts)
+            return Done(worker=name, inc=inc, attempt=attempt, parts=parts, stats=stats, counters=counters)
         output = "" if bad else f"r{index}-a{attempt}"
-        return Done(worker=name, inc=inc, attempt=attempt, output=output)
+        return Done(worker=name, inc=inc, attempt=attempt, output=output, stats=stats, counters=counters)
 
-    @precondition(lambda self: any(self.held.values()))
+    @precondition(lambda self: self.lively() and any(self.held.values()))
     @rule(data=st.data(), bad=st.sampled_from([False] * 7 + [True]))
     def done(self, data, bad):
         name = data.draw(st.sampled_from(sorted(n for n in self.held if self.held[n])), label="worker")
@@ -1208,7 +1406,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.held[name].discard(attempt)
         self.send(self.done_message(name, self.proc_inc[name], attempt, data, bad))
 
-    @precondition(lambda self: any(self.held.values()))
+    @precondition(lambda self: self.lively() and any(self.held.values()))
     @rule(data=st.data())
     def done_then_request(self, data):
         """The usual cycle of a worker: report a good completion and ask for more."""
@@ -1218,7 +1416,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.send(self.done_message(name, self.proc_inc[name], attempt, data))
         self.send(Request(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))))
 
-    @precondition(lambda self: any(self.held.values()))
+    @precondition(lambda self: self.lively() and any(self.held.values()))
     @rule(data=st.data(), lost=st.booleans())
     def failed(self, data, lost):
         name = data.draw(st.sampled_from(sorted(n for n in self.held if self.held[n])), label="worker")
@@ -1227,17 +1425,46 @@ class SchedulerMachine(RuleBasedStateMachine):
         error = LOST_ERR if lost else ERR
         self.send(Failed(worker=name, inc=self.proc_inc[name], attempt=attempt, error=error, lost=lost))
 
-    @precondition(lambda self: self.task_of and self.started())
-    @rule(data=st.data())
-    def stale_done(self, data):
-        """A duplicate, late, foreign or old-incarnation completion of any attempt ever seen."""
+    @precondition(lambda self: self.lively() and self.started())
+    @rule(dt=st.floats(0.1, 3.0))
+    def time_passes_with_everyone_alive(self, dt):
+        """Every worker heartbeats, the clock moves on: long-running tasks, but no losses."""
+        for name in self.started():
+            self.send(Heartbeat(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))))
+        self.tick(dt)
+
+    @precondition(lambda self: self.lively() and self.started())
+    @rule()
+    def everyone_asks(self):
+        """Every worker asks for (more) work, as after a Wait's retry_after: idle ones may get backups."""
+        for name in self.started():
+            self.send(Request(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))))
+
+    @precondition(lambda self: self.lively() and self.started())
+    @rule(data=st.data(), dt=st.floats(0.1, 3.0))
+    def a_round_of_work(self, data, dt):
+        """Time passes with everyone alive, one attempt finishes, everyone asks: a finisher that asks
+        while a slower attempt still runs is what speculation is for."""
+        self.time_passes_with_everyone_alive(dt)
+        if any(self.held.values()) and self.lively():
+            self.done_then_request(data)
+        if self.lively():
+            self.everyone_asks()
+
+    @precondition(lambda self: self.lively() and self.task_of and self.started())
+    @rule(data=st.data(), failure=st.sampled_from([False, False, True]))
+    def stale_report(self, data, failure):
+        """A duplicate, late (cancelled), foreign or old-incarnation report of any attempt ever seen."""
         name = data.draw(st.sampled_from(self.started()), label="worker")
         attempt = data.draw(st.sampled_from(sorted(self.task_of)), label="attempt")
         incs = [self.proc_inc[name]] + self.old_incs[name]
         inc = data.draw(st.sampled_from(incs), label="inc")
         if inc == self.proc_inc[name]:
             self.held[name].discard(attempt)
-        self.send(self.done_message(name, inc, attempt, data))
+        if failure:
+            self.send(Failed(worker=name, inc=inc, attempt=attempt, error=ERR))
+        else:
+            self.send(self.done_message(name, inc, attempt, data))
 
     @rule(
         dt=st.one_of(
@@ -1251,9 +1478,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         actual = self.s.on_tick(self.now)
         expected = self.m_tick()
         self.check_actions(actual, expected, False, was_terminal)
+        self.observe(actual, None)
         self.after_step()
 
-    @precondition(lambda self: self.m_state == JobState.COMMITTING)
+    @precondition(lambda self: self.lively() and self.m_state == JobState.COMMITTING)
     @rule(ok=st.sampled_from([True, True, True, False]))
     def commit(self, ok):
         if ok:
@@ -1279,23 +1507,39 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert set(status) == {"BLOCKED", "READY", "RUNNING", "FINISHED"}
 
     @invariant()
-    def running_tasks_and_only_they_have_an_owned_attempt(self):
+    def at_most_two_live_attempts_per_task(self):
+        per_task = Counter(r.task for r in self.s.attempts.values())
+        assert all(n <= 2 for n in per_task.values()), per_task
+        if not self.cfg.speculation:
+            assert all(n == 1 for n in per_task.values()), per_task
+            assert all(t.backup is None and t.backup_worker is None for t in self.s.tasks.values())
+            assert self.s.backups_started == 0
+
+    @invariant()
+    def running_tasks_and_only_they_have_owned_attempts(self):
         if self.m_terminal():
             return  # see test_task_that_failed_the_job_is_not_left_running
         running_attempts = set()
         for key, task in self.s.tasks.items():
             if task.state == TaskState.RUNNING:
                 assert task.attempt is not None
-                record = self.s.attempts[task.attempt]
-                assert record.task == key and record.worker == task.worker
-                assert task.worker in self.s.workers
-                assert task.attempt in self.s.workers[task.worker].running
-                running_attempts.add(task.attempt)
+                live = [(task.attempt, task.worker)]
+                if task.backup is not None:
+                    assert task.backup_worker != task.worker, "both attempts of a task on one worker"
+                    live.append((task.backup, task.backup_worker))
+                else:
+                    assert task.backup_worker is None
+                for attempt, worker in live:
+                    record = self.s.attempts[attempt]
+                    assert record.task == key and record.worker == worker
+                    assert worker in self.s.workers
+                    assert attempt in self.s.workers[worker].running
+                    running_attempts.add(attempt)
             else:
-                assert task.attempt is None
+                assert task.attempt is None and task.backup is None and task.backup_worker is None
                 if task.state != TaskState.FINISHED:  # a FINISHED task remembers who ran it
                     assert task.worker is None
-        # `attempts` holds only RUNNING attempts, and workers hold only live attempts.
+        # `attempts` holds only live attempts of RUNNING tasks, and workers hold only live attempts.
         assert set(self.s.attempts) == running_attempts
         for name, w in self.s.workers.items():
             assert all(self.s.attempts[a].worker == name for a in w.running)
@@ -1308,6 +1552,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         ready = [k for k, t in self.s.tasks.items() if t.state == TaskState.READY]
         assert sorted(self.s.ready) == sorted(ready)
+        assert len(set(self.s.ready)) == len(self.s.ready)
 
     @invariant()
     def reduces_blocked_until_all_maps_finished(self):
@@ -1331,13 +1576,27 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert list(self.s.workers) == list(self.m_workers)
         assert {n: w.inc for n, w in self.s.workers.items()} == {n: w.inc for n, w in self.m_workers.items()}
         assert self.s.workers_lost == self.m_workers_lost
+        assert set(self.s.blacklist) == self.m_blacklist
+        for name, w in self.s.workers.items():
+            assert w.failed_tasks == self.m_workers[name].failed_tasks
         for key, task in self.s.tasks.items():
             assert task.failures == self.m_failures[key]
             assert task.worker_losses == self.m_losses[key]
+            assert task.attempts == self.m_attempts[key]
+            if key in self.m_progress:
+                assert (task.records, task.location) == self.m_progress[key]
         if not self.m_terminal():
             for key, task in self.s.tasks.items():
                 assert task.state == self.m_task_state(key), key
+                live = self.m_live_of(key)
+                assert [task.attempt, task.backup] == (live + [None, None])[:2], key
+                if live:
+                    assert task.worker == self.m_live[live[0]][1]
+                    assert task.backup_worker == (self.m_live[live[1]][1] if len(live) == 2 else None)
+                    assert task.started_at == self.m_started[key]
             assert set(self.s.attempts) == set(self.m_live)
+            assert {a: r.started_at for a, r in self.s.attempts.items()} == {a: t for a, (_, _, t) in
+                                                                             self.m_live.items()}
             for name, w in self.s.workers.items():
                 assert w.running == self.m_workers[name].running
                 assert w.waiting == self.m_workers[name].waiting
@@ -1346,8 +1605,50 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert {k: t.state for k, t in self.s.tasks.items()} == self.frozen
 
     @invariant()
+    def counters_agree_with_the_model(self):
+        values = {(c.group, c.name): c.value for c in self.s.counter_values() if c.group == "zmqmr"}
+        assert values[("zmqmr", "speculative attempts")] == self.m_backups == self.s.backups_started
+        assert values[("zmqmr", "failed attempts")] == sum(self.m_failures.values())
+        assert values[("zmqmr", "retried attempts")] == sum(max(0, n - 1) for n in self.m_attempts.values())
+        assert values[("zmqmr", "lost workers")] == self.m_workers_lost
+        user = sorted(c.value for c in self.s.counter_values() if c.group == "app")
+        assert user == sorted(c.value for e in self.journal for c in e[4])  # the winners' counters only
+
+    @invariant()
+    def replaying_the_journal_gives_the_same_state(self):
+        replay = Scheduler(self.nm, self.nr, self.cfg)
+        for entry in self.journal:
+            replay.restore_finished(*entry)
+
+        def finished(s):
+            return {k for k, t in s.tasks.items() if t.state == TaskState.FINISHED}
+
+        assert finished(replay) == finished(self.s)
+        for key in finished(self.s):
+            live, again = self.s.tasks[key], replay.tasks[key]
+            assert (again.output, again.stats, again.counters) == (live.output, live.stats, live.counters), key
+            assert (again.bad_records, again.bad_count) == (live.bad_records, live.bad_count)
+        assert replay.finished_counts == self.s.finished_counts
+        assert not replay.attempts and not replay.workers
+        maps_done = self.s.finished_counts[MAP] == self.nm
+        if maps_done:  # the reduce phase is open in both
+            todo = [(REDUCE, i) for i in range(self.nr) if (REDUCE, i) not in finished(self.s)]
+            # ...and when every reduce finished, the replayed driver goes on to commit the output.
+            assert replay.state == (JobState.REDUCING if todo else JobState.COMMITTING)
+            assert self.s.state != JobState.MAPPING and (todo or self.s.state != JobState.REDUCING)
+            assert all(self.s.tasks[(REDUCE, i)].state != TaskState.BLOCKED for i in range(self.nr))
+        else:
+            assert replay.state == JobState.MAPPING
+            assert all(replay.tasks[(REDUCE, i)].state == TaskState.BLOCKED for i in range(self.nr))
+            todo = [(MAP, i) for i in range(self.nm) if (MAP, i) not in finished(self.s)]
+        assert sorted(replay.ready) == todo
+        assert all(replay.tasks[k].state == TaskState.READY for k in todo)
+
+    @invariant()
     def deadlines_and_stopping(self):
         deadlines = [w.last_seen + self.cfg.worker_timeout for w in self.m_workers.values()]
+        if self.cfg.task_timeout is not None and self.m_live and not self.m_terminal():
+            deadlines.append(min(t for _, _, t in self.m_live.values()) + self.cfg.task_timeout)
         if self.m_exit_deadline is not None:
             deadlines.append(self.m_exit_deadline)
         assert self.s.next_deadline() == (min(deadlines) if deadlines else None)
@@ -1360,7 +1661,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 
 SchedulerMachine.TestCase.settings = settings(
-    max_examples=150,
+    max_examples=180,
     stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -1565,3 +1866,180 @@ def test_no_backups_with_speculation_off():
         sim.done("fast", a.attempt)
     keep_alive(sim, 500.0, "slow", "fast")
     assert assigns(sim.request("fast")) == []
+
+
+def _straggler_and_backup(**cfg):
+    """`slow` runs map 0 (the straggler), `fast` did maps 1 and 2 and holds a backup of map 0."""
+    sim = spec_sim(**cfg)
+    sim.hello("slow")
+    sim.hello("fast")
+    straggler = sim.assign("slow")
+    for _ in range(2):
+        a = sim.assign("fast")
+        sim.now += 1.0
+        sim.done("fast", a.attempt)
+    keep_alive(sim, 12.0, "slow", "fast")
+    [backup] = assigns(sim.request("fast"))
+    assert (backup.kind, backup.index) == (straggler.kind, straggler.index)
+    return sim, straggler, backup
+
+
+def test_when_the_original_wins_the_backup_is_cancelled_before_the_task_is_journaled():
+    sim, straggler, backup = _straggler_and_backup()
+    actions = sim.done("slow", straggler.attempt)
+    reason = f"attempt {straggler.attempt} of map task {straggler.index} finished first"
+    assert actions == [
+        Send("fast", Cancel(attempt=backup.attempt, reason=reason, kind=MAP, index=straggler.index)),
+        TaskFinished(MAP, straggler.index, straggler.attempt),
+    ]  # nobody waits, so nobody is woken
+    # The last map finished: the reduce phase opens, and the backup's worker holds nothing now.
+    assert sim.s.state == JobState.REDUCING
+    assert sim.s.workers["fast"].running == set() and backup.attempt not in sim.s.attempts
+    task = sim.s.tasks[(MAP, straggler.index)]
+    assert task.backup is None and task.backup_worker is None and task.worker == "slow"
+    assert sim.done("fast", backup.attempt) == [] and sim.s.dropped["stale_attempt"] == 1
+
+
+def test_a_lost_backup_counts_as_a_worker_loss_of_the_task_while_the_original_goes_on():
+    sim, straggler, backup = _straggler_and_backup(max_worker_losses=2)
+    actions = sim.hello("fast", inc="2")  # the backup's process restarted
+    assert actions == [Greet("fast")]  # no Wake: nothing became READY
+    task = sim.s.tasks[(MAP, straggler.index)]
+    assert task.worker_losses == 1 and task.failures == 0
+    assert task.state == TaskState.RUNNING and task.attempt == straggler.attempt and task.backup is None
+    assert list(sim.s.ready) == []
+    # The loss counts: one more loss of the original fails the job (--max-worker-losses 2).
+    keep_alive(sim, 20.0, "fast")
+    [fin] = finished(sim.tick(20.0))
+    assert fin.failure.task == (MAP, straggler.index) and "lost its worker 2 times" in fin.failure.reason
+
+
+def test_an_original_past_the_task_timeout_hands_the_task_to_its_backup():
+    sim, straggler, backup = _straggler_and_backup(task_timeout=13.0, max_attempts=2)
+    assert sim.s.next_deadline() == 13.0  # the original started at 0 s, the backup at 12 s
+    keep_alive(sim, 13.0, "slow", "fast")
+    sim.request("fast", running=[backup.attempt])  # waiting: a Wake would show a re-queue
+    actions = sim.tick(13.0)
+    assert [type(a) for a in actions] == [Send, AttemptFailed]  # a Cancel and the report; no Wake
+    assert actions[0].worker == "slow" and actions[0].message.attempt == straggler.attempt
+    assert actions[1].error.kind == "TaskTimeout" and actions[1].attempt == straggler.attempt
+    task = sim.s.tasks[(MAP, straggler.index)]
+    assert task.failures == 1 and task.state == TaskState.RUNNING
+    assert (task.attempt, task.worker, task.backup) == (backup.attempt, "fast", None)
+    assert sim.s.next_deadline() == min(12.0 + 13.0, 13.0 + TIMEOUT)
+    actions = sim.done("fast", backup.attempt)
+    assert actions[0] == TaskFinished(MAP, straggler.index, backup.attempt)  # nothing left to cancel
+
+
+def test_a_request_that_omits_the_backup_drops_only_the_backup():
+    sim, straggler, backup = _straggler_and_backup()
+    actions = sim.request("fast", running=[])  # the backup's Task never arrived
+    task = sim.s.tasks[(MAP, straggler.index)]
+    assert task.attempt == straggler.attempt and task.failures == task.worker_losses == 0
+    assert backup.attempt not in sim.s.attempts and sent(actions, Wake) == []  # no re-queue
+    # ...and, still idle, "fast" is given a new backup of the same straggler.
+    [again] = assigns(actions)
+    assert (again.kind, again.index) == (MAP, straggler.index) and again.attempt != backup.attempt
+    assert (task.backup, task.backup_worker) == (again.attempt, "fast") and sim.s.backups_started == 2
+
+
+def test_a_blacklisted_worker_is_never_woken_and_its_running_attempt_still_counts():
+    sim = Sim(4, 1, max_attempts=4, blacklist_after=2)
+    sim.hello("bad")
+    sim.hello("good")
+    for _ in range(2):
+        a = sim.assign("bad")
+        sim.fail("bad", a.attempt)
+        sim.done("good", sim.assign("good").attempt)
+    assert "bad" in sim.s.blacklist
+    held = sim.assign("good")
+    actions = sim.request("bad")
+    assert actions == [Send("bad", Wait(retry_after=RETRY_AFTER))]
+    assert sim.s.workers["bad"].waiting is False  # so it gets no Wake...
+    assert sent(sim.fail("good", held.attempt), Wake) == []  # ...when a task is re-queued
+    # An attempt it already held when it was blacklisted is still a good completion.
+    sim2 = Sim(3, 1, max_attempts=4, blacklist_after=1)
+    sim2.hello("w1")
+    sim2.hello("w2")
+    a, b = sim2.assign("w1"), sim2.assign("w1")
+    sim2.fail("w1", a.attempt)
+    assert "w1" in sim2.s.blacklist
+    assert sim2.done("w1", b.attempt)[0] == TaskFinished(b.kind, b.index, b.attempt)
+
+
+def test_losing_the_last_usable_worker_fails_the_job_when_only_blacklisted_ones_remain():
+    sim = Sim(3, 1, max_attempts=4, blacklist_after=1)
+    sim.hello("bad")
+    sim.hello("good")
+    sim.fail("bad", sim.assign("bad").attempt)
+    sim.assign("good")
+    sim.now = 4.0
+    sim.heartbeat("bad")
+    [fin] = finished(sim.tick(TIMEOUT))  # "good" falls silent
+    assert fin.failure.reason == "every worker is blacklisted after repeated failures"
+    assert fin.failure.error is None and fin.failure.task == ("job", 0)
+
+
+def test_a_restart_of_the_only_usable_worker_does_not_fail_the_job():
+    sim = Sim(3, 1, max_attempts=4, blacklist_after=1)
+    sim.hello("bad")
+    sim.hello("good")
+    sim.fail("bad", sim.assign("bad").attempt)
+    assert "bad" in sim.s.blacklist and "good" not in sim.s.blacklist
+    actions = sim.hello("good", inc="2")  # the good worker's process restarts
+    assert finished(actions) == []
+    assert actions == [Greet("good")]
+    assert sim.s.state == JobState.MAPPING
+
+
+def test_a_timeout_names_the_record_its_own_attempt_hung_on():
+    sim, straggler, backup = _straggler_and_backup(task_timeout=14.0, skip_bad_records=5)
+    hung = RecordPosition(segment=0, offset=100)
+    fine = RecordPosition(segment=0, offset=900)
+    sim.send(Heartbeat(worker="slow", inc="1", running=(straggler.attempt,),
+                       progress=(Progress(attempt=straggler.attempt, records=10, location="in.txt line 10",
+                                          position=hung),)))
+    sim.send(Heartbeat(worker="fast", inc="1", running=(backup.attempt,),
+                       progress=(Progress(attempt=backup.attempt, records=90, location="in.txt line 90",
+                                          position=fine),)))
+    keep_alive(sim, 14.0, "slow", "fast")
+    [report] = [a for a in sim.tick(14.0) if isinstance(a, AttemptFailed)]
+    assert report.attempt == straggler.attempt
+    assert report.error.location == "in.txt line 10"
+    assert sim.s.tasks[(MAP, straggler.index)].skip == {hung}
+
+
+# --- journal replay ------------------------------------------------------------------
+
+
+def test_replaying_the_journal_rebuilds_finished_tasks_and_opens_the_reduce_phase():
+    sim = Sim(2, 2)
+    journal = []
+    sim.hello("w1")
+    for _ in range(2):
+        a = sim.assign("w1")
+        [fin] = [x for x in sim.done("w1", a.attempt) if isinstance(x, TaskFinished)]
+        t = sim.s.tasks[(fin.kind, fin.index)]
+        journal.append((fin.kind, fin.index, t.output, t.stats, t.counters))
+    r = sim.assign("w1")
+    sim.done("w1", r.attempt, output="out-r")
+    journal.append((REDUCE, r.index, "out-r", TaskStats(), ()))
+
+    again = Scheduler(2, 2, config())
+    for entry in journal[:1]:
+        again.restore_finished(*entry)
+    assert again.state == JobState.MAPPING and list(again.ready) == [(MAP, 1 - journal[0][1])]
+    with pytest.raises(ValueError):  # a reduce cannot finish before its maps
+        again.restore_finished(*journal[2])
+    for entry in journal[1:] + journal:  # a task journaled twice is restored once
+        again.restore_finished(*entry)
+    assert again.finished_counts == Counter({MAP: 2, REDUCE: 1})
+    assert again.state == JobState.REDUCING and list(again.ready) == [(REDUCE, 1 - r.index)]
+    assert again.tasks[(REDUCE, r.index)].output == "out-r"
+    # The restarted driver goes on from there.
+    again.on_message(Hello(worker="w9", inc="1"), 0.0)
+    [left] = assigns(again.on_message(Request(worker="w9", inc="1"), 0.0))
+    assert (left.kind, left.index) == (REDUCE, 1 - r.index)
+    out = again.on_message(Done(worker="w9", inc="1", attempt=left.attempt, output="out-left"), 0.0)
+    outputs = {r.index: "out-r", left.index: "out-left"}
+    assert out == [TaskFinished(REDUCE, left.index, left.attempt), CommitOutput((outputs[0], outputs[1]))]

@@ -211,6 +211,7 @@ class Scheduler:
         self.workers_lost = 0
         self.blacklist: Dict[str, str] = {}
         self.replaced: Dict[str, Set[str]] = {}  # name -> incarnations that a restart replaced
+        self.progress: Dict[int, protocol.Progress] = {}  # the latest progress of live attempts
         self.backups_started = 0
         self.started_at: Optional[float] = None
         self.reduce_opened_at: Optional[float] = None
@@ -350,7 +351,7 @@ class Scheduler:
                           "give each worker its own --name")
                 return [Send(msg.worker, protocol.Exit(reason=reason, ok=False))]
             self.replaced.setdefault(msg.worker, set()).add(known.inc)
-            actions += self._lose_worker(known, now, "it restarted as a new process")
+            actions += self._lose_worker(known, now, "it restarted as a new process", coming_back=True)
             known = None
             if self.state in TERMINAL:
                 return actions + [Send(msg.worker, self._exit_message())]
@@ -563,22 +564,28 @@ class Scheduler:
     def _time_out(self, record: AttemptRecord, now: float) -> List[Action]:
         task = self.tasks[record.task]
         worker = self.workers[record.worker]
-        if self.config.skip_bad_records is not None and task.position is not None:
-            task.skip.add(task.position)  # the next attempt skips the record this one hung on
-        where = f" while reading {task.location}" if task.location else ""
+        progress = self.progress.get(record.attempt) or protocol.Progress(attempt=record.attempt)
+        if self.config.skip_bad_records is not None and progress.position is not None:
+            task.skip.add(progress.position)  # the next attempt skips the record this one hung on
+        where = f" while reading {progress.location}" if progress.location else ""
         message = (f"{task.name} attempt {record.attempt} ran longer than --task-timeout "
-                   f"{self.config.task_timeout:g} s{where} ({task.records} records read)")
-        error = TaskError(kind="TaskTimeout", message=message, location=task.location, host=worker.host)
+                   f"{self.config.task_timeout:g} s{where} ({progress.records} records read)")
+        error = TaskError(kind="TaskTimeout", message=message, location=progress.location, host=worker.host)
         cancel = Send(worker.name, protocol.Cancel(attempt=record.attempt, reason=message, kind=task.kind,
                                                    index=task.index))
         return [cancel] + self._attempt_failed(worker, task, record.attempt, error, False, now)
 
     def _note_progress(self, worker: WorkerRecord, progress) -> None:
+        """Per attempt (a task's two attempts are at different records); the task shows its main one's."""
         for p in progress:
             record = self.attempts.get(p.attempt)
             if record is not None and record.worker == worker.name:
+                self.progress[p.attempt] = p
                 task = self.tasks[record.task]
-                task.records, task.location, task.position = p.records, p.location, p.position
+                if task.attempt == p.attempt:
+                    task.records, task.location, task.position = p.records, p.location, p.position
+        if len(self.progress) > 2 * len(self.attempts) + 64:  # forget attempts that ended
+            self.progress = {a: p for a, p in self.progress.items() if a in self.attempts}
 
     def _retry_or_fail(self, task: TaskRecord, attempt: int, now: float, what: str) -> List[Action]:
         reason = ""
@@ -640,13 +647,15 @@ class Scheduler:
             self.ready.append((REDUCE, i))
         return self._wake_waiting()
 
-    def _lose_worker(self, worker: WorkerRecord, now: float, why: str) -> List[Action]:
+    def _lose_worker(self, worker: WorkerRecord, now: float, why: str, coming_back: bool = False) -> List[Action]:
+        """Requeue the worker's attempts. `coming_back`: it restarted and registers again at once."""
         del self.workers[worker.name]
         self.workers_lost += 1
         actions: List[Action] = []
         if self.state in TERMINAL:
             return actions
-        actions += self._fail_if_no_usable_worker(None, now)
+        if not coming_back:
+            actions += self._fail_if_no_usable_worker(None, now)
         if self.state in TERMINAL:
             return actions
         log.warning("worker %s lost: %s", worker.name, why, extra={"event": "lost", "worker": worker.name})

@@ -59,13 +59,16 @@ def format_workers(rows: list) -> str:
     for w in rows:
         lines.append(f"{w['name'][:24]:24} {w['host'][:16]:16} {w['last_seen_ago']:>5.1f}s "
                      f"{w['tasks_done']:>5} {w['tasks_failed']:>6}  {', '.join(w['running']) or '-'}")
+        if w.get("blacklisted"):
+            lines.append(f"{'':24} gets no more tasks: {w['blacklisted']}")
     return "\n".join(lines)
 
 
 def format_task(task: dict) -> str:
     lines = [f"{task['kind']} task {task['index']}: {task['state']}"]
-    for key in ("worker", "attempt", "attempts", "failures", "worker_losses", "seconds"):
-        if task.get(key) is not None:
+    for key in ("worker", "attempt", "backup_worker", "backup_attempt", "attempts", "failures", "worker_losses",
+                "seconds", "records", "location"):
+        if task.get(key) not in (None, ""):
             lines.append(f"  {key:14} {task[key]}")
     error = task.get("last_error")
     if error:

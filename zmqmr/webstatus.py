@@ -307,11 +307,14 @@ def render_task_row(task: dict) -> str:
     if error:
         name += f'<br><span class="err">{esc(error.get("kind"))}: {esc(error.get("message"))}</span>'
     row_class = ' class="failing"' if is_failing(task) else ""
+    backup = ""
+    if task.get("backup_worker"):
+        backup = f' <span class="muted">+ backup on {esc(task.get("backup_worker"))}</span>'
     return (
         f'<tr data-state="{esc(task.get("state"))}"{row_class}><td>{name}</td><td>{pill(task.get("state"))}</td>'
-        f'<td>{esc(task.get("worker"))}</td><td class="num">{attempts}</td>'
+        f'<td>{esc(task.get("worker"))}{backup}</td><td class="num">{attempts}</td>'
         f'<td class="num">{format_seconds(task.get("seconds"))}</td>'
-        f'<td class="num">{format_number(stats.get("records_in"))}</td>'
+        f'<td class="num">{format_number(stats.get("records_in", task.get("records")))}</td>'
         f'<td class="num">{format_number(stats.get("records_out"))}</td></tr>'
     )
 
@@ -322,7 +325,9 @@ def render_workers(workers: list[dict]) -> str:
         f'<td class="num">{format_duration(w.get("last_seen_ago"))} ago</td>'
         f'<td>{esc(", ".join(map(str, w.get("running") or [])))}</td>'
         f'<td class="num">{format_number(w.get("tasks_done"))}</td>'
-        f'<td class="num">{format_number(w.get("tasks_failed"))}</td></tr>'
+        f'<td class="num">{format_number(w.get("tasks_failed"))}'
+        + (f'<br><span class="err">no more tasks: {esc(w["blacklisted"])}</span>' if w.get("blacklisted") else "")
+        + '</td></tr>'
         for w in workers
     )
     note = "" if workers else '<p class="note">No worker has said hello yet.</p>'
