@@ -591,3 +591,37 @@ def test_a_driver_killed_halfway_resumes_without_redoing_finished_maps(procs, tm
     assert not journal.exists()  # the job is over: nothing to resume
     for worker in workers:
         assert finish(worker).returncode == 0
+
+
+def test_a_restarted_driver_adopts_the_map_a_worker_was_running(procs, tmp_path):
+    inputs = tmp_path / "input"
+    corpus = make_corpus(inputs, files=3, lines=100)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    job = write_job(tmp_path, f"""
+        import os, re, time, uuid
+        def mapper(path, line):
+            if line == "SLOW":
+                open(os.path.join({str(markers)!r}, uuid.uuid4().hex), "w").close()
+                time.sleep(6)
+            for word in re.findall(r"[^\\W\\d_]+", line):
+                yield word, 1
+        def reducer(word, counts):
+            yield word, sum(counts)
+        """)
+    with open(corpus[0], "a") as f:
+        f.write("\nSLOW\n")
+    port, out, work = free_port(), tmp_path / "out", tmp_path / "work"
+    command = zmqmr_command("driver", "--job", job, "--input", inputs, "--output", out, "--work-dir", work,
+                            "--port", port, "--heartbeat-interval", 0.2)
+    driver = procs.start(command)
+    worker = procs.start(zmqmr_command("worker", "--driver", f"tcp://127.0.0.1:{port}", "--driver-timeout", 60))
+    wait_for(lambda: os.listdir(markers), 30, "the slow map to start")
+    driver.kill()
+    driver.wait(timeout=10)
+    result = finish(procs.start(command))
+    assert result.returncode == 0, result.stderr
+    assert "adopted attempt" in result.stderr
+    assert len(os.listdir(markers)) == 1  # the slow map ran once, across both drivers
+    assert counts_of(out) == sequential_wordcount(corpus)
+    assert finish(worker).returncode == 0

@@ -2043,3 +2043,46 @@ def test_replaying_the_journal_rebuilds_finished_tasks_and_opens_the_reduce_phas
     out = again.on_message(Done(worker="w9", inc="1", attempt=left.attempt, output="out-left"), 0.0)
     outputs = {r.index: "out-r", left.index: "out-left"}
     assert out == [TaskFinished(REDUCE, left.index, left.attempt), CommitOutput((outputs[0], outputs[1]))]
+
+
+# --- a restarted driver adopts attempts that an earlier driver handed out ------------------------
+
+
+def test_a_restarted_driver_adopts_a_running_attempt_of_the_killed_one():
+    sim = Sim(2, 1)
+    sim.s.adopt_below = sim.s.next_attempt = 100
+    sim.hello("w1")
+    actions = sim.send(Heartbeat(worker="w1", inc="1", running=(42,),
+                                 progress=(Progress(attempt=42, records=7, kind=MAP, index=1),)))
+    assert sent(actions, Ack) == ["w1"] and not sent(actions, Cancel)
+    task = sim.s.tasks[(MAP, 1)]
+    assert task.state == TaskState.RUNNING and task.attempt == 42 and task.worker == "w1"
+    assert (MAP, 1) not in sim.s.ready
+    done = Done(worker="w1", inc="1", attempt=42, kind=MAP, index=1,
+                parts=(PartFile(partition=0, path="m1-a42", size=1),))
+    assert [a for a in sim.send(done) if isinstance(a, TaskFinished)] == [TaskFinished(MAP, 1, 42)]
+    assert sim.state(MAP, 1) == TaskState.FINISHED
+
+
+def test_a_done_from_before_the_restart_is_adopted_when_it_arrives_first():
+    sim = Sim(1, 1)
+    sim.s.adopt_below = sim.s.next_attempt = 100
+    sim.hello("w1")
+    done = Done(worker="w1", inc="1", attempt=7, kind=MAP, index=0, parts=(PartFile(partition=0, path="p"),))
+    sim.send(done)
+    assert sim.state(MAP, 0) == TaskState.FINISHED and sim.state(REDUCE, 0) == TaskState.READY
+
+
+def test_attempts_this_driver_gave_up_or_finished_are_cancelled_not_adopted():
+    sim = Sim(1, 1)
+    sim.s.adopt_below = sim.s.next_attempt = 100
+    sim.hello("w1")
+    sim.hello("w2")
+    given_up = sim.send(Heartbeat(worker="w2", inc="1", progress=(Progress(attempt=150, kind=MAP, index=0),)))
+    assert [a.message.attempt for a in given_up if isinstance(a, Send) and isinstance(a.message, Cancel)] == [150]
+    a = sim.assign("w1")
+    sim.done("w1", a.attempt)
+    late = sim.send(Heartbeat(worker="w2", inc="1", progress=(Progress(attempt=9, kind=MAP, index=0),)))
+    [cancel] = [x.message for x in late if isinstance(x, Send) and isinstance(x.message, Cancel)]
+    assert cancel.attempt == 9 and "finished" in cancel.reason
+    assert sim.s.tasks[(MAP, 0)].attempts == 1

@@ -209,6 +209,7 @@ class Driver:
         """Take back the finished tasks whose output still exists; the rest run again."""
         scheduler = self.scheduler
         scheduler.next_attempt = max(scheduler.next_attempt, replay.attempts_below)
+        scheduler.adopt_below = replay.attempts_below
         finished = {(f.kind, f.index): f for f in replay.finished}
         for f in finished.values():
             if f.kind == MAP and all(os.path.isfile(p.path) for p in f.parts):

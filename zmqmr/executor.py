@@ -54,8 +54,8 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
             done = dict(output=out_path)
         if bad is not None:
             done.update(bad_records=tuple(bad.found), bad_count=bad.count)
-        return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, stats=stats,
-                             counters=counters.attempt_counters(), **done)
+        return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, kind=task.kind, index=task.index,
+                             stats=stats, counters=counters.attempt_counters(), **done)
     except UserCodeError as exc:
         error = protocol.TaskError(kind="UserCodeError", message=_clip(exc.message),
                                    traceback=_clip(exc.traceback_text), location=_clip(exc.location), host=host)
@@ -130,7 +130,8 @@ class Executor:
             position = protocol.RecordPosition(segment=segment, offset=offset)
         elif task.kind == "reduce" and records:
             location = f"the reducer's key number {records} of its partition"
-        return protocol.Progress(attempt=task.attempt, records=records, location=location, position=position)
+        return protocol.Progress(attempt=task.attempt, records=records, location=location, position=position,
+                                 kind=task.kind, index=task.index)
 
     def death_reason(self) -> str:
         self.process.join(timeout=1.0)

@@ -212,6 +212,7 @@ class Scheduler:
         self.blacklist: Dict[str, str] = {}
         self.replaced: Dict[str, Set[str]] = {}  # name -> incarnations that a restart replaced
         self.progress: Dict[int, protocol.Progress] = {}  # the latest progress of live attempts
+        self.adopt_below = 0  # attempt ids below it came from a killed driver of this job (see _adopt)
         self.backups_started = 0
         self.started_at: Optional[float] = None
         self.reduce_opened_at: Optional[float] = None
@@ -242,8 +243,7 @@ class Scheduler:
         if isinstance(msg, protocol.Request):
             return self._on_request(worker, msg, now)
         if isinstance(msg, protocol.Heartbeat):
-            self._note_progress(worker, msg.progress)
-            return [Send(worker.name, protocol.Ack())]
+            return self._note_progress(worker, msg.progress, now) + [Send(worker.name, protocol.Ack())]
         if isinstance(msg, protocol.Done):
             return self._on_done(worker, msg, now)
         if isinstance(msg, protocol.Failed):
@@ -443,9 +443,12 @@ class Scheduler:
         return self.tasks[record.task]
 
     def _on_done(self, worker: WorkerRecord, msg: protocol.Done, now: float) -> List[Action]:
+        actions: List[Action] = []
+        if msg.attempt not in self.attempts and self._from_earlier_driver(msg.attempt, msg.kind, msg.index):
+            actions = self._adopt(worker, msg.attempt, msg.kind, msg.index, now)
         task = self._current_attempt(worker, msg.attempt)
         if task is None:
-            return []
+            return actions
         problem = self._check_output(task, msg)
         if problem:
             self.dropped["bad_completion"] += 1
@@ -575,9 +578,42 @@ class Scheduler:
                                                    index=task.index))
         return [cancel] + self._attempt_failed(worker, task, record.attempt, error, False, now)
 
-    def _note_progress(self, worker: WorkerRecord, progress) -> None:
-        """Per attempt (a task's two attempts are at different records); the task shows its main one's."""
+    def _from_earlier_driver(self, attempt: int, kind: str, index: int) -> bool:
+        """An attempt a killed driver handed out before this one resumed its job."""
+        return attempt < self.adopt_below and (kind, index) in self.tasks
+
+    def _adopt(self, worker: WorkerRecord, attempt: int, kind: str, index: int, now: float) -> List[Action]:
+        """Take over an earlier driver's attempt that a worker is still running, so its work counts."""
+        task = self.tasks[(kind, index)]
+        if task.state == TaskState.READY and task.key in self.ready:
+            self.ready.remove(task.key)
+            task.state, task.attempt, task.worker, task.started_at = TaskState.RUNNING, attempt, worker.name, now
+        elif task.state == TaskState.RUNNING and task.backup is None and task.worker != worker.name:
+            task.backup, task.backup_worker = attempt, worker.name
+        else:
+            reason = f"{task.name} is {task.state.value.lower()} without this attempt"
+            return [Send(worker.name, protocol.Cancel(attempt=attempt, reason=reason, kind=kind, index=index))]
+        task.attempts += 1
+        self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now)
+        worker.running.add(attempt)
+        log.info("adopted attempt %d of %s, started before the driver restarted, on %s", attempt, task.name,
+                 worker.name, extra={"event": "adopted", "task": task.name, "attempt": attempt, "worker": worker.name})
+        return []
+
+    def _note_progress(self, worker: WorkerRecord, progress, now: float) -> List[Action]:
+        """Per attempt (a task's two attempts are at different records); the task shows its main one's.
+
+        An attempt this driver never handed out is adopted if an earlier driver did, else cancelled.
+        """
+        actions: List[Action] = []
         for p in progress:
+            if p.attempt not in self.attempts and p.kind:
+                if self._from_earlier_driver(p.attempt, p.kind, p.index):
+                    actions += self._adopt(worker, p.attempt, p.kind, p.index, now)
+                elif p.attempt >= self.adopt_below and (p.kind, p.index) in self.tasks:
+                    actions.append(Send(worker.name, protocol.Cancel(
+                        attempt=p.attempt, reason="this attempt was given up (its worker was taken for lost)",
+                        kind=p.kind, index=p.index)))
             record = self.attempts.get(p.attempt)
             if record is not None and record.worker == worker.name:
                 self.progress[p.attempt] = p
@@ -586,6 +622,7 @@ class Scheduler:
                     task.records, task.location, task.position = p.records, p.location, p.position
         if len(self.progress) > 2 * len(self.attempts) + 64:  # forget attempts that ended
             self.progress = {a: p for a, p in self.progress.items() if a in self.attempts}
+        return actions
 
     def _retry_or_fail(self, task: TaskRecord, attempt: int, now: float, what: str) -> List[Action]:
         reason = ""

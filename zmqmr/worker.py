@@ -205,8 +205,9 @@ class Worker:
         elif isinstance(message, protocol.Cancel):
             self._cancel(message)
         elif isinstance(message, protocol.Reregister):
+            # The running attempt goes on: a restarted driver adopts it (or cancels it, if it was given up).
             log.warning("the driver no longer knows this worker (%s); registering again", message.reason)
-            self._abandon_tasks()
+            self.queued.clear()
             self.welcome = None
             self._say_hello()
         elif isinstance(message, protocol.Exit):
