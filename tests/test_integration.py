@@ -25,6 +25,18 @@ def write_job(tmp_path, source: str, name: str = "job.py") -> str:
     return str(path)
 
 
+def sleepy_job(tmp_path, seconds: float) -> str:
+    """A job whose mapper sleeps on every line: time to act while it runs."""
+    return write_job(tmp_path, f"""
+        import time
+        def mapper(path, line):
+            time.sleep({seconds})
+            yield line, 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+
+
 def test_local_word_count_equals_sequential_count(procs, corpus, tmp_path):
     out = tmp_path / "out"
     result = procs.run(zmqmr_command("local", "--workers", 2, "--reducers", 3, "--input", *corpus,
@@ -226,14 +238,7 @@ def test_status_queries_while_the_job_runs(procs, tmp_path):
 
 
 def test_local_cleans_up_every_process_on_ctrl_c(procs, corpus, tmp_path):
-    job = write_job(tmp_path, """
-        import time
-        def mapper(path, line):
-            time.sleep(1)
-            yield line, 1
-        def reducer(key, values):
-            yield key, sum(values)
-        """)
+    job = sleepy_job(tmp_path, 1)
     out = tmp_path / "out"
     local = procs.start(zmqmr_command("local", "--workers", 2, "--job", job, "--input", *corpus,
                                       "--output", out))
@@ -329,14 +334,7 @@ def test_worker_restarted_under_the_same_name_takes_over_at_once(procs, corpus, 
 
 
 def test_interrupted_driver_tells_its_workers_to_leave(procs, corpus, tmp_path):
-    job = write_job(tmp_path, """
-        import time
-        def mapper(path, line):
-            time.sleep(0.5)
-            yield line, 1
-        def reducer(key, values):
-            yield key, sum(values)
-        """)
+    job = sleepy_job(tmp_path, 0.5)
     port = free_port()
     out = tmp_path / "out"
     driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
@@ -351,31 +349,8 @@ def test_interrupted_driver_tells_its_workers_to_leave(procs, corpus, tmp_path):
     assert not out.exists()
 
 
-def test_hung_mapper_is_cancelled_and_the_error_names_its_record(procs, tmp_path):
-    job = write_job(tmp_path, """
-        def mapper(path, line):
-            if "needle" in line:
-                while True:
-                    pass
-            yield line, 1
-        def reducer(key, values):
-            yield key, sum(values)
-        """)
-    source = tmp_path / "hay.txt"
-    lines = [f"hay {i}\n" for i in range(100)]
-    lines[49] = "the needle\n"
-    source.write_text("".join(lines))
-    offset = len("".join(lines[:49]).encode())
-    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", source, "--output",
-                                     tmp_path / "out", "--task-timeout", 1.5, "--max-attempts", 2,
-                                     "--heartbeat-interval", 0.2), timeout=60)
-    assert result.returncode == 1
-    assert "map task 0 failed 2 times" in result.stderr
-    assert "TaskTimeout" in result.stderr
-    assert f"{source} at byte {offset} (line 50)" in result.stderr
-
-
-def test_hung_record_is_skipped_and_listed_with_skip_bad_records(procs, tmp_path):
+def needle_in_haystack(tmp_path):
+    """A job that hangs on line 50 of its input ("the needle"); returns the job, the input and the line's offset."""
     job = write_job(tmp_path, """
         def mapper(path, line):
             if "needle" in line:
@@ -389,7 +364,22 @@ def test_hung_record_is_skipped_and_listed_with_skip_bad_records(procs, tmp_path
     lines = [f"hay {i}\n" for i in range(100)]
     lines[49] = "the needle\n"
     source.write_text("".join(lines))
-    offset = len("".join(lines[:49]).encode())
+    return job, source, len("".join(lines[:49]).encode())
+
+
+def test_hung_mapper_is_cancelled_and_the_error_names_its_record(procs, tmp_path):
+    job, source, offset = needle_in_haystack(tmp_path)
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", source, "--output",
+                                     tmp_path / "out", "--task-timeout", 1.5, "--max-attempts", 2,
+                                     "--heartbeat-interval", 0.2), timeout=60)
+    assert result.returncode == 1
+    assert "map task 0 failed 2 times" in result.stderr
+    assert "TaskTimeout" in result.stderr
+    assert f"{source} at byte {offset} (line 50)" in result.stderr
+
+
+def test_hung_record_is_skipped_and_listed_with_skip_bad_records(procs, tmp_path):
+    job, source, offset = needle_in_haystack(tmp_path)
     out = tmp_path / "out"
     result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", source, "--output", out,
                                      "--task-timeout", 1.5, "--skip-bad-records", 1, "--heartbeat-interval", 0.2),

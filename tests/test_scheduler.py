@@ -1816,8 +1816,8 @@ def test_no_task_runs_twice_without_a_straggler():
     assert sim.s.backups_started == 0
 
 
-def test_a_failing_backup_leaves_the_original_running():
-    sim = spec_sim(max_attempts=3)
+def straggler_and_backup(sim):
+    """Worker "slow" holds a map while "fast" does the others; at 12 s "fast" gets its backup."""
     sim.hello("slow")
     sim.hello("fast")
     straggler = sim.assign("slow")
@@ -1827,6 +1827,12 @@ def test_a_failing_backup_leaves_the_original_running():
         sim.done("fast", a.attempt)
     keep_alive(sim, 12.0, "slow", "fast")
     [backup] = assigns(sim.request("fast"))
+    return straggler, backup
+
+
+def test_a_failing_backup_leaves_the_original_running():
+    sim = spec_sim(max_attempts=3)
+    straggler, backup = straggler_and_backup(sim)
     actions = sim.fail("fast", backup.attempt)
     assert assigns(actions) == [] and not finished(actions)
     task = sim.s.tasks[(MAP, straggler.index)]
@@ -1837,15 +1843,7 @@ def test_a_failing_backup_leaves_the_original_running():
 
 def test_when_the_original_is_lost_the_backup_carries_on():
     sim = spec_sim()
-    sim.hello("slow")
-    sim.hello("fast")
-    straggler = sim.assign("slow")
-    for _ in range(2):
-        a = sim.assign("fast")
-        sim.now += 1.0
-        sim.done("fast", a.attempt)
-    keep_alive(sim, 12.0, "slow", "fast")
-    [backup] = assigns(sim.request("fast"))
+    straggler, backup = straggler_and_backup(sim)
     keep_alive(sim, 20.0, "fast")  # "slow" falls silent
     sim.tick(20.0)
     task = sim.s.tasks[(MAP, straggler.index)]
@@ -1871,15 +1869,7 @@ def test_no_backups_with_speculation_off():
 def _straggler_and_backup(**cfg):
     """`slow` runs map 0 (the straggler), `fast` did maps 1 and 2 and holds a backup of map 0."""
     sim = spec_sim(**cfg)
-    sim.hello("slow")
-    sim.hello("fast")
-    straggler = sim.assign("slow")
-    for _ in range(2):
-        a = sim.assign("fast")
-        sim.now += 1.0
-        sim.done("fast", a.attempt)
-    keep_alive(sim, 12.0, "slow", "fast")
-    [backup] = assigns(sim.request("fast"))
+    straggler, backup = straggler_and_backup(sim)
     assert (backup.kind, backup.index) == (straggler.kind, straggler.index)
     return sim, straggler, backup
 
