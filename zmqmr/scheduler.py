@@ -453,11 +453,11 @@ class Scheduler:
         if problem:
             self.dropped["bad_completion"] += 1
             error = TaskError(kind="ProtocolError", message=problem, host=worker.host)
-            return self._attempt_failed(worker, task, msg.attempt, error, False, now)
+            return actions + self._attempt_failed(worker, task, msg.attempt, error, False, now)
         worker.running.discard(msg.attempt)
         del self.attempts[msg.attempt]
         worker.tasks_done += 1
-        actions = self._cancel_other_attempt(task, msg.attempt)
+        actions += self._cancel_other_attempt(task, msg.attempt)
         task.state = TaskState.FINISHED
         task.attempt = None
         task.output = msg.parts if task.kind == MAP else msg.output
