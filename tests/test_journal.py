@@ -118,3 +118,27 @@ def test_driver_resume_takes_everything_from_the_journal(procs, planned, tmp_pat
     assert sorted(os.listdir(planned.output)) == ["_SUCCESS", "_counters.json", "part-00000", "part-00001"]
     assert open(os.path.join(planned.output, "part-00001")).read() == "word1\t1\n"
     assert not os.path.exists(journal.journal_path(planned.work_dir))
+
+
+def test_one_driver_per_work_dir(planned):
+    first = Journal(planned.work_dir)
+    first.lock()
+    with pytest.raises(JournalError, match="another driver is running a job from"):
+        Journal(planned.work_dir).lock()
+    first.unlock()
+    Journal(planned.work_dir).lock()
+
+
+def test_resuming_cuts_a_torn_line_before_appending(planned):
+    log = Journal(planned.work_dir)
+    log.start(planned.journal_plan(), 1)
+    log.close()
+    with open(log.path, "a") as f:
+        f.write('{"t": "finished", "kind": "ma')
+    again = Journal(planned.work_dir)
+    again.resume(journal.read(planned.work_dir).attempts_below)
+    again.finished(finished("map", 1, 5))
+    again.close()
+    replay = journal.read(planned.work_dir)
+    assert replay.finished == [finished("map", 1, 5)]
+    assert replay.attempts_below > 1000  # the reservation written after the cut survived

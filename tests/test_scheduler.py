@@ -1186,7 +1186,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             for p in msg.progress:
                 live = self.m_live.get(p.attempt)
                 if live is not None and live[1] == msg.worker:
-                    self.m_progress[live[0]] = (p.records, p.location)
+                    if p.attempt == self.m_live_of(live[0])[0]:  # the task shows its original's progress
+                        self.m_progress[live[0]] = (p.records, p.location)
                     self.m_attempt_location[p.attempt] = p.location
             return [("Ack", msg.worker)], None
         if isinstance(msg, Request):
@@ -1253,9 +1254,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 break
             event("task timeout")
             key, owner, _ = self.m_live[attempt]
-            location = self.m_progress.get(key, (0, ""))[1]
-            if location != self.m_attempt_location.get(attempt, ""):
-                location = ANY  # the other attempt's progress: see test_a_timeout_names_the_record_...
+            location = self.m_attempt_location.get(attempt, "")  # its own record, not its twin's
             out.append(("Cancel", owner, attempt, key))
             out += self.m_attempt_failed(owner, attempt, "TaskTimeout", location, False)
         return out
@@ -2040,15 +2039,16 @@ def test_replaying_the_journal_rebuilds_finished_tasks_and_opens_the_reduce_phas
 
 def test_a_restarted_driver_adopts_a_running_attempt_of_the_killed_one():
     sim = Sim(2, 1)
+    sim.s.job_id = "job"
     sim.s.adopt_below = sim.s.next_attempt = 100
     sim.hello("w1")
     actions = sim.send(Heartbeat(worker="w1", inc="1", running=(42,),
-                                 progress=(Progress(attempt=42, records=7, kind=MAP, index=1),)))
+                                 progress=(Progress(attempt=42, records=7, kind=MAP, index=1, job_id="job"),)))
     assert sent(actions, Ack) == ["w1"] and not sent(actions, Cancel)
     task = sim.s.tasks[(MAP, 1)]
     assert task.state == TaskState.RUNNING and task.attempt == 42 and task.worker == "w1"
     assert (MAP, 1) not in sim.s.ready
-    done = Done(worker="w1", inc="1", attempt=42, kind=MAP, index=1,
+    done = Done(worker="w1", inc="1", attempt=42, kind=MAP, index=1, job_id="job",
                 parts=(PartFile(partition=0, path="m1-a42", size=1),))
     assert [a for a in sim.send(done) if isinstance(a, TaskFinished)] == [TaskFinished(MAP, 1, 42)]
     assert sim.state(MAP, 1) == TaskState.FINISHED
@@ -2056,23 +2056,48 @@ def test_a_restarted_driver_adopts_a_running_attempt_of_the_killed_one():
 
 def test_a_done_from_before_the_restart_is_adopted_when_it_arrives_first():
     sim = Sim(1, 1)
+    sim.s.job_id = "job"
     sim.s.adopt_below = sim.s.next_attempt = 100
     sim.hello("w1")
-    done = Done(worker="w1", inc="1", attempt=7, kind=MAP, index=0, parts=(PartFile(partition=0, path="p"),))
+    done = Done(worker="w1", inc="1", attempt=7, kind=MAP, index=0, job_id="job",
+                parts=(PartFile(partition=0, path="p"),))
     sim.send(done)
     assert sim.state(MAP, 0) == TaskState.FINISHED and sim.state(REDUCE, 0) == TaskState.READY
 
 
 def test_attempts_this_driver_gave_up_or_finished_are_cancelled_not_adopted():
     sim = Sim(1, 1)
+    sim.s.job_id = "job"
     sim.s.adopt_below = sim.s.next_attempt = 100
     sim.hello("w1")
     sim.hello("w2")
-    given_up = sim.send(Heartbeat(worker="w2", inc="1", progress=(Progress(attempt=150, kind=MAP, index=0),)))
+    given_up = sim.send(Heartbeat(worker="w2", inc="1",
+                                  progress=(Progress(attempt=150, kind=MAP, index=0, job_id="job"),)))
     assert [a.message.attempt for a in given_up if isinstance(a, Send) and isinstance(a.message, Cancel)] == [150]
     a = sim.assign("w1")
     sim.done("w1", a.attempt)
-    late = sim.send(Heartbeat(worker="w2", inc="1", progress=(Progress(attempt=9, kind=MAP, index=0),)))
+    late = sim.send(Heartbeat(worker="w2", inc="1", progress=(Progress(attempt=9, kind=MAP, index=0, job_id="job"),)))
     [cancel] = [x.message for x in late if isinstance(x, Send) and isinstance(x.message, Cancel)]
     assert cancel.attempt == 9 and "finished" in cancel.reason
     assert sim.s.tasks[(MAP, 0)].attempts == 1
+
+
+def test_a_finished_attempts_report_sent_again_is_ignored_not_cancelled():
+    """After a restart a worker sends its recent reports again; the one whose output the task kept
+    must not be cancelled (a cancel removes the attempt's files)."""
+    sim = Sim(2, 1)
+    sim.s.job_id = "job"
+    sim.s.adopt_below = sim.s.next_attempt = 100
+    sim.s.restore_finished(MAP, 0, (PartFile(partition=0, path="m0-a7"),), TaskStats(), attempt=7)
+    sim.hello("w1")
+    again = Done(worker="w1", inc="1", attempt=7, kind=MAP, index=0, job_id="job",
+                 parts=(PartFile(partition=0, path="m0-a7"),))
+    assert sim.send(again) == []
+    other = Done(worker="w1", inc="1", attempt=8, kind=MAP, index=0, job_id="job",
+                 parts=(PartFile(partition=0, path="m0-a8"),))
+    [cancel] = [a.message for a in sim.send(other) if isinstance(a, Send) and isinstance(a.message, Cancel)]
+    assert cancel.attempt == 8
+    foreign = Done(worker="w1", inc="1", attempt=9, kind=MAP, index=1, job_id="another job",
+                   parts=(PartFile(partition=0, path="m1-a9"),))
+    sim.send(foreign)
+    assert sim.state(MAP, 1) == TaskState.READY  # never adopted from another job

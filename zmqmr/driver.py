@@ -7,6 +7,7 @@ decides what happens to a task.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -74,7 +75,10 @@ class Driver:
     def __init__(self, plan: JobPlan, settings: DriverSettings = DriverSettings()):
         self.plan = plan
         self.settings = settings
-        self.scheduler = Scheduler(len(plan.splits), plan.reducers, settings.scheduler)
+        limit = plan.job.skip_bad_records  # the job's own setting, also when resumed from a journal
+        config = dataclasses.replace(settings.scheduler, skip_bad_records=None if limit < 0 else limit)
+        self.scheduler = Scheduler(len(plan.splits), plan.reducers, config)
+        self.scheduler.job_id = plan.job_id
         self.output = OutputDir(plan.output, plan.job_id)
         self.routes: Dict[str, bytes] = {}
         self.bad = BadMessageLog()
@@ -102,7 +106,11 @@ class Driver:
 
     def bind(self) -> str:
         """Prepare the output and bind the socket; port 0 picks a free port. Returns the endpoint."""
-        if self.plan.resume is not None and os.path.exists(os.path.join(self.output.path, SUCCESS)):
+        if self.journal is not None:
+            self.journal.lock()  # one driver per work dir: a second one must not touch this job's files
+        success = os.path.join(self.output.path, SUCCESS)
+        if self.plan.resume is not None and os.path.exists(success) and \
+                os.path.getmtime(success) >= self.plan.resume.created:
             raise JournalError(f"the job of this journal already succeeded ({self.output.path} has _SUCCESS); "
                                f"remove {self.journal.path} to run it again")
         self.output.prepare(self.plan.force, [f.path for f in self.plan.inputs], resume=self.plan.resume is not None)
@@ -120,7 +128,8 @@ class Driver:
                 self.sock.bind(f"tcp://{address}:{self.settings.port}")
         except zmq.ZMQError as exc:
             self.close()
-            self.output.abort()
+            if self.plan.resume is None:
+                self.output.abort()
             raise OutputError(f"cannot listen on {host}:{self.settings.port}: {exc}") from None
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.settings.http_port is not None:
@@ -136,7 +145,8 @@ class Driver:
             port = self.status_server.start()
         except Exception:
             self.close()
-            self.output.abort()
+            if self.plan.resume is None:
+                self.output.abort()
             raise
         host = self.settings.bind_host
         log.info("status page on http://%s:%d/", f"[{host}]" if ":" in host else host, port)
@@ -213,12 +223,13 @@ class Driver:
         finished = {(f.kind, f.index): f for f in replay.finished}
         for f in finished.values():
             if f.kind == MAP and all(os.path.isfile(p.path) for p in f.parts):
-                scheduler.restore_finished(MAP, f.index, f.parts, f.stats, f.counters, f.bad_records, f.bad_count)
+                scheduler.restore_finished(MAP, f.index, f.parts, f.stats, f.counters, f.bad_records, f.bad_count,
+                                           f.attempt)
         if scheduler.finished_counts[MAP] == scheduler.num_maps:
             for f in finished.values():
                 if f.kind == REDUCE and os.path.isfile(f.output) and self.output.contains(f.output):
                     scheduler.restore_finished(REDUCE, f.index, f.output, f.stats, f.counters, f.bad_records,
-                                               f.bad_count)
+                                               f.bad_count, f.attempt)
         kept, rerun = scheduler.finished_counts, len(finished) - sum(scheduler.finished_counts.values())
         log.info("resumed job %s from its journal: kept %d of %d map and %d of %d reduce tasks; %d finished "
                  "task(s) lost their output and run again", self.plan.job_id, kept[MAP], scheduler.num_maps,
@@ -229,6 +240,8 @@ class Driver:
             self._carry_out([CommitOutput(outputs)], now)
 
     def close(self) -> None:
+        if self.journal is not None:
+            self.journal.unlock()
         if self.status_server is not None:
             self.status_server.stop()
             self.status_server = None

@@ -55,7 +55,7 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
         if bad is not None:
             done.update(bad_records=tuple(bad.found), bad_count=bad.count)
         return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, kind=task.kind, index=task.index,
-                             stats=stats, counters=counters.attempt_counters(), **done)
+                             job_id=task.job_id, stats=stats, counters=counters.attempt_counters(), **done)
     except UserCodeError as exc:
         error = protocol.TaskError(kind="UserCodeError", message=_clip(exc.message),
                                    traceback=_clip(exc.traceback_text), location=_clip(exc.location), host=host)
@@ -131,7 +131,7 @@ class Executor:
         elif task.kind == "reduce" and records:
             location = f"the reducer's key number {records} of its partition"
         return protocol.Progress(attempt=task.attempt, records=records, location=location, position=position,
-                                 kind=task.kind, index=task.index)
+                                 kind=task.kind, index=task.index, job_id=task.job_id)
 
     def death_reason(self) -> str:
         self.process.join(timeout=1.0)

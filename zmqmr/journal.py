@@ -7,6 +7,7 @@ attempt-id watermarks so a restarted driver never reuses an attempt id.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -118,6 +119,7 @@ class Replay:
     plan: JournalPlan
     finished: List[FinishedTask]
     attempts_below: int  # every attempt id the old driver may have used is below this
+    created: float = 0.0  # when the job's journal was started (time.time())
 
 
 def read(work_dir: str) -> Optional[Replay]:
@@ -150,7 +152,8 @@ def read(work_dir: str) -> Optional[Replay]:
         except (KeyError, TypeError, ValueError, protocol.ProtocolError) as exc:
             raise JournalError(f"the journal {path} has a damaged line ({exc})") from None
     below = max([below] + [f.attempt + 1 for f in finished])
-    return Replay(plan, finished, below)
+    created = header.get("created")
+    return Replay(plan, finished, below, float(created) if isinstance(created, (int, float)) else 0.0)
 
 
 def _parse(lines: List[str], path: str) -> Iterator[Dict[str, Any]]:
@@ -174,7 +177,24 @@ class Journal:
     def __init__(self, work_dir: str):
         self.path = journal_path(work_dir)
         self.file = None
+        self.lock_file = None
         self.attempts_below = 0
+
+    def lock(self) -> None:
+        """Hold the work dir for this driver; a second driver of the same job is refused."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.lock_file = open(self.path + ".lock", "w")
+        try:
+            fcntl.flock(self.lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.lock_file.close()
+            self.lock_file = None
+            raise JournalError(f"another driver is running a job from {os.path.dirname(self.path)}") from None
+
+    def unlock(self) -> None:
+        if self.lock_file is not None:
+            self.lock_file.close()
+            self.lock_file = None
 
     def start(self, plan: JournalPlan, attempts_below: int = 1) -> None:
         """A new journal for a new job (replacing none: the caller checked there is none)."""
@@ -189,8 +209,17 @@ class Journal:
         self.reserve(attempts_below)
 
     def resume(self, attempts_below: int) -> None:
+        self._cut_torn_line()
         self._open()
         self.reserve(attempts_below)
+
+    def _cut_torn_line(self) -> None:
+        """A line the killed driver did not finish would swallow the next one: cut it off."""
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            keep = data.rfind(b"\n") + 1
+            if keep < len(data):
+                f.truncate(keep)
 
     def _open(self) -> None:
         self.file = open(self.path, "a", encoding="utf-8")
@@ -218,7 +247,8 @@ class Journal:
     def remove(self) -> None:
         """The job is over (succeeded or failed): there is nothing to resume."""
         self.close()
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
+        for path in (self.path, self.path + ".lock"):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass

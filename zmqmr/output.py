@@ -79,6 +79,9 @@ class OutputDir:
             if os.path.realpath(path).startswith(real + os.sep):
                 raise OutputError(f"output directory {self.path} contains the input file {path}")
         if resume and os.path.isdir(self.temp_dir):
+            # zmqmr's files here are older output (a --force run) or a commit the killed driver began:
+            # replaced at commit, as with --force.
+            self._note_previous_output(sorted(os.listdir(self.path)))
             return
         if os.path.isdir(self.path):
             names = sorted(os.listdir(self.path))

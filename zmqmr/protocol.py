@@ -260,8 +260,9 @@ class Progress:
     records: int = check(Int(0, 2**62), 0)
     location: str = check(Text(MAX_TEXT_LEN), "")
     position: Optional[RecordPosition] = check(Maybe(Nested(RecordPosition)), None)
-    kind: str = check(Text(16), "")  # with index: the task, so a restarted driver can adopt the attempt
+    kind: str = check(Text(16), "")  # with index and job: the task, so a restarted driver can adopt the attempt
     index: int = check(Int(0, MAX_TASK_ID), 0)
+    job_id: str = check(Text(64), "")
 
 
 @dataclass(frozen=True)
@@ -321,8 +322,9 @@ class Done(WorkerMessage):
 
     TYPE: ClassVar[str] = "done"
     attempt: int = check(Int())
-    kind: str = check(Text(16), "")  # with index: the task, so a restarted driver can adopt the attempt
+    kind: str = check(Text(16), "")  # with index and job: the task, so a restarted driver can adopt the attempt
     index: int = check(Int(0, MAX_TASK_ID), 0)
+    job_id: str = check(Text(64), "")
     parts: Tuple[PartFile, ...] = check(ListOf(Nested(PartFile), MAX_TASK_ID), ())
     output: str = check(Text(MAX_PATH_LEN), "")
     stats: TaskStats = check(Nested(TaskStats), TaskStats())

@@ -66,6 +66,7 @@ class TaskRecord:
     worker: Optional[str] = None
     backup: Optional[int] = None  # a second, speculative attempt of a straggler
     backup_worker: Optional[str] = None
+    winner: Optional[int] = None  # the attempt whose output a FINISHED task keeps
     attempts: int = 0
     failures: int = 0
     worker_losses: int = 0
@@ -213,6 +214,7 @@ class Scheduler:
         self.replaced: Dict[str, Set[str]] = {}  # name -> incarnations that a restart replaced
         self.progress: Dict[int, protocol.Progress] = {}  # the latest progress of live attempts
         self.adopt_below = 0  # attempt ids below it came from a killed driver of this job (see _adopt)
+        self.job_id = ""  # set by the driver; adopted attempts must belong to this job
         self.backups_started = 0
         self.started_at: Optional[float] = None
         self.reduce_opened_at: Optional[float] = None
@@ -285,7 +287,8 @@ class Scheduler:
 
     def restore_finished(self, kind: str, index: int, output: object, stats: protocol.TaskStats,
                          counters: Tuple[protocol.CounterValue, ...] = (),
-                         bad_records: Tuple[protocol.BadRecord, ...] = (), bad_count: int = 0) -> None:
+                         bad_records: Tuple[protocol.BadRecord, ...] = (), bad_count: int = 0,
+                         attempt: Optional[int] = None) -> None:
         """Replay a journaled finished task into a fresh scheduler (a restarted driver's)."""
         task = self.tasks[(kind, index)]
         if task.state == TaskState.FINISHED:
@@ -296,6 +299,7 @@ class Scheduler:
         if task.key in self.ready:
             self.ready.remove(task.key)
         task.state = TaskState.FINISHED
+        task.winner = attempt
         task.output, task.stats, task.counters = output, stats, tuple(counters)
         task.bad_records, task.bad_count = tuple(bad_records), bad_count
         self.finished_counts[kind] += 1
@@ -444,7 +448,8 @@ class Scheduler:
 
     def _on_done(self, worker: WorkerRecord, msg: protocol.Done, now: float) -> List[Action]:
         actions: List[Action] = []
-        if msg.attempt not in self.attempts and self._from_earlier_driver(msg.attempt, msg.kind, msg.index):
+        if msg.attempt not in self.attempts and self._from_earlier_driver(msg.attempt, msg.kind, msg.index,
+                                                                          msg.job_id):
             actions = self._adopt(worker, msg.attempt, msg.kind, msg.index, now)
         task = self._current_attempt(worker, msg.attempt)
         if task is None:
@@ -460,6 +465,7 @@ class Scheduler:
         actions += self._cancel_other_attempt(task, msg.attempt)
         task.state = TaskState.FINISHED
         task.attempt = None
+        task.winner = msg.attempt
         task.output = msg.parts if task.kind == MAP else msg.output
         task.stats = msg.stats
         task.counters = msg.counters
@@ -578,13 +584,15 @@ class Scheduler:
                                                    index=task.index))
         return [cancel] + self._attempt_failed(worker, task, record.attempt, error, False, now)
 
-    def _from_earlier_driver(self, attempt: int, kind: str, index: int) -> bool:
-        """An attempt a killed driver handed out before this one resumed its job."""
-        return attempt < self.adopt_below and (kind, index) in self.tasks
+    def _from_earlier_driver(self, attempt: int, kind: str, index: int, job_id: str) -> bool:
+        """An attempt a killed driver of this same job handed out before this one resumed it."""
+        return attempt < self.adopt_below and job_id == self.job_id != "" and (kind, index) in self.tasks
 
     def _adopt(self, worker: WorkerRecord, attempt: int, kind: str, index: int, now: float) -> List[Action]:
         """Take over an earlier driver's attempt that a worker is still running, so its work counts."""
         task = self.tasks[(kind, index)]
+        if task.state == TaskState.FINISHED and task.winner == attempt:
+            return []  # its report again: the task already has this attempt's output, which must stay
         if task.state == TaskState.READY and task.key in self.ready:
             self.ready.remove(task.key)
             task.state, task.attempt, task.worker, task.started_at = TaskState.RUNNING, attempt, worker.name, now
@@ -608,12 +616,12 @@ class Scheduler:
         actions: List[Action] = []
         for p in progress:
             if p.attempt not in self.attempts and p.kind:
-                if self._from_earlier_driver(p.attempt, p.kind, p.index):
+                if self._from_earlier_driver(p.attempt, p.kind, p.index, p.job_id):
                     actions += self._adopt(worker, p.attempt, p.kind, p.index, now)
-                elif p.attempt >= self.adopt_below and (p.kind, p.index) in self.tasks:
+                else:
                     actions.append(Send(worker.name, protocol.Cancel(
-                        attempt=p.attempt, reason="this attempt was given up (its worker was taken for lost)",
-                        kind=p.kind, index=p.index)))
+                        attempt=p.attempt, reason="the driver has no use for this attempt (it was given up, or "
+                                                  "belongs to another job)", kind=p.kind, index=p.index)))
             record = self.attempts.get(p.attempt)
             if record is not None and record.worker == worker.name:
                 self.progress[p.attempt] = p

@@ -26,6 +26,7 @@ from .executor import Executor, map_output_dir, reduce_output_path
 log = logging.getLogger("zmqmr.worker")
 
 DEFAULT_HEARTBEAT = 1.0
+RECENT_REPORTS = 8  # done/failed reports sent again after registering anew (duplicates are harmless)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Worker:
         self.own_temp_dir: Optional[str] = None
         self.job_dirs = set()  # job directories under this worker's own --work-dir
         self.told_to_exit = False
+        self.previous_job_id = ""  # the job of the driver that stopped knowing us
+        self.recent_reports: Deque[bytes] = deque(maxlen=RECENT_REPORTS)
         self.bad_messages = 0
 
     @property
@@ -206,10 +209,13 @@ class Worker:
             self._cancel(message)
         elif isinstance(message, protocol.Reregister):
             # The running attempt goes on: a restarted driver adopts it (or cancels it, if it was given up).
-            log.warning("the driver no longer knows this worker (%s); registering again", message.reason)
-            self.queued.clear()
-            self.welcome = None
-            self._say_hello()
+            if self.welcome is not None:  # once per burst: replies to queued messages all say the same
+                log.warning("the driver no longer knows this worker (%s); registering again", message.reason)
+                self.previous_job_id = self.welcome.job_id
+                self.queued.clear()
+                self.welcome = None
+                self.awaiting_reply = False
+                self._say_hello()
         elif isinstance(message, protocol.Exit):
             self.told_to_exit = True
             level = logging.INFO if message.ok else logging.ERROR
@@ -218,14 +224,20 @@ class Worker:
         return None
 
     def _on_welcome(self, welcome: protocol.Welcome, frame: bytes) -> None:
-        if self.welcome is not None and self.welcome.job_id != welcome.job_id:
+        known_job = self.welcome.job_id if self.welcome is not None else self.previous_job_id
+        if known_job and known_job != welcome.job_id:
             log.info("the driver runs a new job %s", welcome.job_id)
             self._abandon_tasks()
-        if self.welcome is None:
-            log.info("registered with the driver for job %s (%s)", welcome.job_id, welcome.job.name)
+            self.recent_reports.clear()
+            self.welcome = None
+        if self.welcome is not None:
+            return  # a duplicate answer to a repeated hello
+        log.info("registered with the driver for job %s (%s)", welcome.job_id, welcome.job.name)
         self.welcome, self.welcome_frame = welcome, frame
         self.awaiting_reply = False
         self.next_request_at = 0.0
+        for report in self.recent_reports:  # reports a killed driver may never have read
+            self._send_frame(report)
 
     def _on_task(self, task: protocol.Task, frame: bytes) -> None:
         if self.welcome is None or task.job_id != self.welcome.job_id:
@@ -269,7 +281,9 @@ class Worker:
                 self._send(protocol.Failed(worker=self.name, inc=self.inc, attempt=task.attempt, error=error,
                                            lost=True))
         else:
-            self._send_frame(self._checked_reply(frame, task))
+            report = self._checked_reply(frame, task)
+            self.recent_reports.append(report)
+            self._send_frame(report)
         if self.queued:
             self._start(*self.queued.popleft())
 
