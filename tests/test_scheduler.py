@@ -897,24 +897,6 @@ LOST_ERR = TaskError(kind="Killed", message="signal 9")
 TERMINAL = (JobState.SUCCEEDED, JobState.FAILED)
 
 
-class _Anything:
-    """Stands in a predicted action for a detail the model leaves open."""
-
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-
-    def __hash__(self):
-        return 0
-
-    def __repr__(self):
-        return "ANY"
-
-
-ANY = _Anything()
-
 
 class ModelWorker:
     def __init__(self, inc: str, now: float):

@@ -232,11 +232,7 @@ class Scheduler:
             if self.state in TERMINAL:
                 return [Send(msg.worker, self._exit_message())]
             if msg.inc in self.replaced.get(msg.worker, ()):
-                # A process we took for dead speaks: two live workers share one name.
-                self.dropped["replaced_incarnation"] += 1
-                reason = (f"another worker process registered as {msg.worker!r} after this one; "
-                          "give each worker its own --name")
-                return [Send(msg.worker, protocol.Exit(reason=reason, ok=False))]
+                return self._send_replaced_away(msg.worker)
             self.dropped["unknown_worker"] += 1
             return [Send(msg.worker, protocol.Reregister(reason="unknown worker; say hello"))]
         worker.last_seen = now
@@ -350,10 +346,7 @@ class Scheduler:
         actions: List[Action] = []
         if known is not None and known.inc != msg.inc:
             if msg.inc in self.replaced.get(msg.worker, ()):
-                self.dropped["replaced_incarnation"] += 1
-                reason = (f"another worker process registered as {msg.worker!r} after this one; "
-                          "give each worker its own --name")
-                return [Send(msg.worker, protocol.Exit(reason=reason, ok=False))]
+                return self._send_replaced_away(msg.worker)
             self.replaced.setdefault(msg.worker, set()).add(known.inc)
             actions += self._lose_worker(known, now, "it restarted as a new process", coming_back=True)
             known = None
@@ -369,6 +362,12 @@ class Scheduler:
             known.last_seen = now
             log.info("worker %s reconnected", msg.worker, extra={"event": "reconnected", "worker": msg.worker})
         return actions + [Greet(msg.worker)]
+
+    def _send_replaced_away(self, name: str) -> List[Action]:
+        """A process we took for dead speaks again: two live workers share one name."""
+        self.dropped["replaced_incarnation"] += 1
+        reason = f"another worker process registered as {name!r} after this one; give each worker its own --name"
+        return [Send(name, protocol.Exit(reason=reason, ok=False))]
 
     def _on_request(self, worker: WorkerRecord, msg: protocol.Request, now: float) -> List[Action]:
         actions: List[Action] = []
