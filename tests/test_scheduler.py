@@ -1091,12 +1091,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.m_blacklist.add(name)
         return self.m_fail_if_no_usable_worker(error_kind)
 
-    def m_lose(self, name: str) -> list:
+    def m_lose(self, name: str, coming_back: bool = False) -> list:
         w = self.m_workers.pop(name)
         self.m_workers_lost += 1
         if self.m_terminal():
             return []
-        out = self.m_fail_if_no_usable_worker(None)
+        out = [] if coming_back else self.m_fail_if_no_usable_worker(None)  # a restart registers at once
         if self.m_terminal():
             return out
         for attempt in sorted(w.running):
@@ -1137,7 +1137,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             if inc in self.m_replaced[name]:
                 return self.m_replaced_speaks(name)
             self.m_replaced[name].add(known.inc)
-            out += self.m_lose(name)
+            out += self.m_lose(name, coming_back=True)
             known = None
             if self.m_terminal():
                 return out + [("Exit", name)]
