@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from typing import Callable, List, Optional
@@ -16,7 +17,8 @@ from typing import Callable, List, Optional
 from . import __version__
 from .errors import UsageError, ZmqmrError
 from .logs import LEVELS, setup_logging
-from .protocol import MAX_NAME_LEN
+from .inputs import DEFAULT_SPLIT_BYTES
+from .protocol import DEFAULT_MEMORY_LIMIT, MAX_NAME_LEN, MIN_MEMORY_LIMIT
 
 DESCRIPTION = {
     "zmqmr-driver": "Run a MapReduce job: hand out tasks to zmqmr-worker processes and commit the output.",
@@ -63,6 +65,21 @@ positive_int = _number(int, 1, "a whole number of at least 1")
 port_number = _number(int, 0, "a port number")
 positive_seconds = _number(float, 0.001, "a positive number of seconds")
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def byte_size(low: int) -> Callable[[str], int]:
+    """Parse sizes such as 4096, 64K, 256M, 1.5G or 2GiB (powers of 1024), at least `low` bytes."""
+    def parse(text: str) -> int:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 4096, 64K, 256M, 2G)")
+        value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is less than the least allowed, {low // 1024**2}M")
+        return value
+    return parse
+
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("logging")
@@ -87,7 +104,12 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
     job.add_argument("--force", action="store_true",
                      help="replace zmqmr's earlier output in a non-empty output directory")
     job.add_argument("--mappers", type=positive_int, metavar="N",
-                     help="number of map tasks (default: one per 64 MB, at least one per file)")
+                     help="number of map tasks, cut evenly over all input bytes (default: see --split-size)")
+    job.add_argument("--split-size", type=byte_size(1), default=DEFAULT_SPLIT_BYTES, metavar="SIZE",
+                     help="input bytes per map task; small files share a task, big ones are cut at lines")
+    job.add_argument("--memory-limit", type=byte_size(MIN_MEMORY_LIMIT), default=DEFAULT_MEMORY_LIMIT,
+                     metavar="SIZE", help="memory for each task's buffers; past it, map output spills to "
+                                          "sorted files on disk and reducers merge from disk")
     job.add_argument("--reducers", type=positive_int, default=1, metavar="N", help="number of reduce tasks")
     job.add_argument("--work-dir", "--m_path", dest="work_dir", metavar="DIR",
                      help="directory for intermediate files, shared by all workers "
@@ -189,7 +211,8 @@ def _plan(args: argparse.Namespace):
         return resumed_plan(args.resume)
     return new_plan(args.job, args.input, args.output, reducers=args.reducers, mappers=args.mappers,
                     work_dir=args.work_dir, force=args.force, encoding=args.encoding,
-                    encoding_errors=args.encoding_errors, skip_bad_records=args.skip_bad_records)
+                    encoding_errors=args.encoding_errors, skip_bad_records=args.skip_bad_records,
+                    memory_limit=args.memory_limit, split_bytes=args.split_size)
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -46,11 +46,12 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
         if task.kind == "map":
             out_dir = map_output_dir(work_dir, welcome.job_id, task.index, task.attempt)
             parts, stats = run_map(job, task.segments, welcome.reducers, out_dir,
-                                   welcome.job.encoding, welcome.job.encoding_errors, progress, bad)
+                                   welcome.job.encoding, welcome.job.encoding_errors, progress, bad,
+                                   memory_limit=welcome.job.memory_limit)
             done = dict(parts=tuple(parts))
         else:
             out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
-            stats = run_reduce(job, task.inputs, out_path, progress, bad)
+            stats = run_reduce(job, task.inputs, out_path, progress, bad, memory_limit=welcome.job.memory_limit)
             done = dict(output=out_path)
         if bad is not None:
             done.update(bad_records=tuple(bad.found), bad_count=bad.count)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional
 import msgpack
 
 from .errors import JobLoadError
-from .protocol import MAX_SOURCE_LEN, JobSpec
+from .protocol import DEFAULT_MEMORY_LIMIT, MAX_SOURCE_LEN, JobSpec
 from .usercode import user_traceback
 
 BUILTIN_JOB = "zmqmr.examples.wordcount"
@@ -66,10 +66,11 @@ class Job:
 
 
 def spec_for(job_arg: Optional[str], encoding: str = "utf-8", encoding_errors: str = "strict",
-             skip_bad_records: int = -1) -> JobSpec:
+             skip_bad_records: int = -1, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> JobSpec:
     """Driver side: turn `--job` into a JobSpec, reading a file job's source."""
     name = job_arg or BUILTIN_JOB
-    common = dict(encoding=encoding, encoding_errors=encoding_errors, skip_bad_records=skip_bad_records)
+    common = dict(encoding=encoding, encoding_errors=encoding_errors, skip_bad_records=skip_bad_records,
+                  memory_limit=memory_limit)
     if name.endswith(".py") or os.sep in name or os.path.isfile(name):
         try:
             with open(name, "rb") as f:

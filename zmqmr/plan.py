@@ -12,8 +12,9 @@ from typing import Optional, Sequence, Tuple
 
 from . import journal, protocol
 from .errors import UsageError
-from .inputs import InputFile, expand_inputs, plan_splits
+from .inputs import DEFAULT_SPLIT_BYTES, InputFile, expand_inputs, plan_splits
 from .job import load_job, spec_for
+from .protocol import DEFAULT_MEMORY_LIMIT
 
 
 @dataclass
@@ -69,13 +70,15 @@ def _splits_on_newline_bytes(encoding: str) -> bool:
 def new_plan(job_arg: Optional[str], inputs: Sequence[str], output: str, reducers: int = 1,
              mappers: Optional[int] = None, work_dir: Optional[str] = None, force: bool = False,
              encoding: str = "utf-8", encoding_errors: str = "strict",
-             skip_bad_records: Optional[int] = None) -> JobPlan:
+             skip_bad_records: Optional[int] = None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
+             split_bytes: int = DEFAULT_SPLIT_BYTES) -> JobPlan:
     """Plan a job from the command line; if its work dir holds this job's journal, resume it."""
     check_encoding(encoding, encoding_errors)
-    spec = spec_for(job_arg, encoding, encoding_errors, -1 if skip_bad_records is None else skip_bad_records)
+    spec = spec_for(job_arg, encoding, encoding_errors, -1 if skip_bad_records is None else skip_bad_records,
+                    memory_limit)
     load_job(spec)  # a broken job fails here, before any worker is involved
     files = expand_inputs(inputs)
-    plan = JobPlan(job=spec, inputs=files, splits=plan_splits(files, mappers), reducers=reducers,
+    plan = JobPlan(job=spec, inputs=files, splits=plan_splits(files, mappers, split_bytes), reducers=reducers,
                    output=output, force=force, work_dir=os.path.abspath(work_dir) if work_dir else "")
     if plan.work_dir:
         replay = journal.read(plan.work_dir)

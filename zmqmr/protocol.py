@@ -28,6 +28,8 @@ MAX_LIST_LEN = 1_000_000
 MAX_ATTEMPT_ID = 2**62
 MAX_TASK_ID = 10_000_000
 MAX_COUNTERS = 1000
+MIN_MEMORY_LIMIT = 16 * 1024 * 1024  # a task process needs about this much for Python itself
+DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
 
 
 # --- field checks ----------------------------------------------------------------
@@ -203,6 +205,7 @@ class JobSpec:
     encoding: str = check(Text(64), "utf-8")
     encoding_errors: str = check(Text(64), "strict")
     skip_bad_records: int = check(Int(-1, 2**62), -1)  # -1: a failing record fails the attempt
+    memory_limit: int = check(Int(MIN_MEMORY_LIMIT, 2**50), DEFAULT_MEMORY_LIMIT)  # bytes per task process
 
 
 @dataclass(frozen=True)

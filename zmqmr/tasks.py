@@ -17,7 +17,7 @@ from .errors import UserCodeError
 from .inputs import read_segment, strip_line_ending
 from .job import Job
 from .output import format_record, part_name
-from .protocol import BadRecord, PartFile, RecordPosition, Segment, TaskStats
+from .protocol import DEFAULT_MEMORY_LIMIT, BadRecord, PartFile, RecordPosition, Segment, TaskStats
 from .usercode import user_traceback
 
 _THIS_FILE = os.path.abspath(__file__).rstrip("c")
@@ -89,7 +89,8 @@ PROGRESS_SLOTS = 5
 
 def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
             encoding: str = "utf-8", errors: str = "strict", progress=NoProgress(),
-            bad: Optional[BadRecords] = None) -> Tuple[List[PartFile], TaskStats]:
+            bad: Optional[BadRecords] = None, memory_limit: int = DEFAULT_MEMORY_LIMIT
+            ) -> Tuple[List[PartFile], TaskStats]:
     """Map every line of the split, then write one sorted (and combined) file per partition.
 
     `progress` gets the records read and where the current record starts, before the
@@ -226,7 +227,7 @@ def _combine(combiner: Callable, pairs: list) -> list:
 
 
 def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=NoProgress(),
-               bad: Optional[BadRecords] = None) -> TaskStats:
+               bad: Optional[BadRecords] = None, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> TaskStats:
     """Merge the sorted map outputs, call the reducer once per key, write key<TAB>value lines.
 
     With `bad`, a key whose reducer fails is left out of the output whole and noted there.
