@@ -1,4 +1,7 @@
-"""python -m bench straggler | chaos: fault-tolerance benchmarks, each against a baseline run in the same call.
+"""python -m bench wordcount | memory | straggler | chaos: benchmarks, each against a baseline run in the same call.
+
+- wordcount: zmqmr's word count beside Pool, sort | uniq -c, Dask bag and mrjob (see bench/wordcount.py).
+- memory: a reduce partition 4x the memory budget; the peak RSS of every process (see bench/memory.py).
 
 - straggler: one worker maps 20x slower; the job's wall time with and without speculation.
 - chaos: a word count over --corpus undisturbed, then while a worker is SIGKILLed and
@@ -147,8 +150,15 @@ def main() -> None:
     c.add_argument("--corpus", required=True, help="a directory of text")
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--every", type=float, default=2.0, help="seconds between kills")
+    from bench import memory, wordcount
+
+    wordcount.add_parser(sub)
+    memory.add_parser(sub)
     args = parser.parse_args()
-    {"straggler": straggler, "chaos": chaos}[args.name](args)
+    if hasattr(args, "func"):
+        args.func(args)
+    else:
+        {"straggler": straggler, "chaos": chaos}[args.name](args)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from . import counters, protocol
 from .errors import JobLoadError, ProtocolError, UserCodeError
 from .job import load_job
 from .procutil import describe_exit, die_with_parent
-from .tasks import (ATTEMPT, LINE, OFFSET, PROGRESS_SLOTS, RECORDS, SEGMENT, BadRecords, NoProgress,
-                    describe_location, run_map, run_reduce)
+from .tasks import (ATTEMPT, IN_BLOCK, LINE, OFFSET, PROGRESS_SLOTS, RECORDS, SEGMENT, BadRecords, NoProgress,
+                    progress_of, run_map, run_reduce)
 from .usercode import user_traceback
 
 
@@ -37,7 +37,7 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
     """Run one attempt and describe its end as the Done or Failed message for the driver."""
     host = socket.gethostname()
     counters.start_attempt()
-    for slot, value in ((ATTEMPT, task.attempt), (RECORDS, 0), (SEGMENT, -1), (OFFSET, -1), (LINE, 0)):
+    for slot, value in ((ATTEMPT, task.attempt), (RECORDS, 0), (SEGMENT, -1), (OFFSET, -1), (LINE, 0), (IN_BLOCK, 0)):
         progress[slot] = value
     limit = welcome.job.skip_bad_records
     bad = BadRecords(limit, task.skip) if limit >= 0 else None
@@ -122,17 +122,7 @@ class Executor:
 
     def progress_of(self, task: protocol.Task) -> Optional[protocol.Progress]:
         """Records read by `task`'s attempt so far, and where its current record starts."""
-        attempt, records, segment, offset, line = self.progress[:PROGRESS_SLOTS]
-        if attempt != task.attempt:
-            return None  # the task process has not started it yet
-        location, position = "", None
-        if task.kind == "map" and 0 <= segment < len(task.segments) and offset >= 0:
-            location = describe_location(task.segments[segment], offset, line)
-            position = protocol.RecordPosition(segment=segment, offset=offset)
-        elif task.kind == "reduce" and records:
-            location = f"the reducer's key number {records} of its partition"
-        return protocol.Progress(attempt=task.attempt, records=records, location=location, position=position,
-                                 kind=task.kind, index=task.index, job_id=task.job_id)
+        return progress_of(self.progress[:PROGRESS_SLOTS], task)
 
     def death_reason(self) -> str:
         self.process.join(timeout=1.0)

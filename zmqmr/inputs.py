@@ -10,12 +10,14 @@ import gzip
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import InputError
 from .protocol import MAX_TASK_ID, Segment
 
-DEFAULT_SPLIT_BYTES = 64 * 1024 * 1024
+DEFAULT_SPLIT_BYTES = 32 * 1024 * 1024  # about a second of a Python mapper's work per task, or less
+MAX_SEGMENTS_PER_SPLIT = 4096  # keeps a task's message small when many tiny files share it
+READ_BLOCK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,21 +79,39 @@ def plan_splits(files: Sequence[InputFile], mappers: Optional[int] = None,
     """Cut the input into map splits.
 
     With `mappers`, exactly that many splits, cut evenly over all bytes (a split may
-    span files). Without it, about one per `split_bytes`, and at least one per file.
-    Gzip files cannot be cut and always form one segment.
+    span files). Without it, splits of `split_bytes` filled greedily in input order:
+    small files share a split (so a thousand small files are not a thousand tasks, each
+    with its own start-up and its own sorted run for every reducer), and big files are
+    cut. Gzip files cannot be cut and always form one segment. Empty files are left out;
+    a job always has at least one (possibly empty) split.
     """
     if mappers is not None:
         if not 1 <= mappers <= MAX_TASK_ID:
             raise InputError(f"--mappers must be between 1 and {MAX_TASK_ID}")
         return _even_splits(files, mappers)
     splits: List[Tuple[Segment, ...]] = []
+    current: List[Segment] = []
+    room = split_bytes
+
+    def close_split() -> None:
+        nonlocal current, room
+        if current:
+            splits.append(tuple(current))
+            if len(splits) > MAX_TASK_ID:
+                raise InputError(f"the input makes more than {MAX_TASK_ID} map tasks; use a larger --split-size")
+        current, room = [], split_bytes
+
     for f in files:
-        pieces = 1 if f.gzip else max(1, math.ceil(f.size / split_bytes))
-        bounds = [f.size * k // pieces for k in range(pieces + 1)]
-        splits += [(_segment(f, bounds[k], bounds[k + 1]),) for k in range(pieces)]
-    if len(splits) > MAX_TASK_ID:
-        raise InputError(f"the input makes {len(splits)} map tasks; at most {MAX_TASK_ID} are allowed")
-    return splits
+        start = 0
+        while start < f.size:
+            if room <= 0 or len(current) >= MAX_SEGMENTS_PER_SPLIT or (f.gzip and f.size > room):
+                close_split()
+            end = f.size if f.gzip else min(f.size, start + room)
+            current.append(_segment(f, start, end))
+            room -= end - start
+            start = end
+    close_split()
+    return splits or [()]
 
 
 def _segment(f: InputFile, start: int, end: int) -> Segment:
@@ -155,3 +175,92 @@ def strip_line_ending(raw: bytes) -> bytes:
     if raw.endswith(b"\n"):
         raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
     return raw
+
+
+class Block(NamedTuple):
+    """Whole lines of a segment, read and decoded at once: the fast way through a split."""
+
+    offset: int  # byte offset of the first line (into the uncompressed stream for gzip)
+    lines_before: int  # lines of the segment before this block
+    raw: bytes  # the lines as read, line endings included
+    lines: List[str]  # the same lines decoded, without line endings
+
+
+class UndecodableInput(Exception):
+    """Bytes the job's encoding cannot decode, with where they are."""
+
+    def __init__(self, reason: str, offset: int, line_number: int):
+        super().__init__(reason)
+        self.reason, self.offset, self.line_number = reason, offset, line_number
+
+
+def read_blocks(segment: Segment, encoding: str = "utf-8", errors: str = "strict",
+                block_bytes: int = READ_BLOCK_BYTES) -> Iterator[Block]:
+    """The segment's lines in blocks of about block_bytes, exactly the lines read_segment yields.
+
+    One read, one decode and one split per block instead of per line; a line longer
+    than a block is read whole.
+    """
+    lines_before = 0
+    for offset, raw in _raw_blocks(segment, block_bytes):
+        try:
+            text = raw.decode(encoding, errors)
+        except UnicodeDecodeError as exc:
+            line_number = lines_before + raw.count(b"\n", 0, exc.start) + 1
+            raise UndecodableInput(exc.reason, offset + exc.start, line_number) from None
+        lines = text.split("\n")
+        whole = raw.endswith(b"\n")
+        if whole:
+            lines.pop()
+        if "\r" in text:  # CRLF: drop the \r of every line that ended in \n
+            last = len(lines) - (0 if whole else 1)
+            lines = [line[:-1] if i < last and line.endswith("\r") else line for i, line in enumerate(lines)]
+        yield Block(offset, lines_before, raw, lines)
+        lines_before += len(lines)
+
+
+def _raw_blocks(segment: Segment, block_bytes: int) -> Iterator[Tuple[int, bytes]]:
+    if segment.gzip:
+        with gzip.open(segment.path, "rb") as stream:
+            offset = 0
+            while True:
+                raw = stream.read(block_bytes)
+                if not raw:
+                    return
+                if not raw.endswith(b"\n"):
+                    raw += stream.readline()
+                yield offset, raw
+                offset += len(raw)
+    with open(segment.path, "rb", buffering=max(block_bytes, 65536)) as stream:
+        offset = segment.start
+        if offset > 0:
+            stream.seek(offset - 1)
+            offset += len(stream.readline()) - 1  # skip the tail of a line begun earlier
+        end = segment.end
+        while offset < end:
+            raw = stream.read(block_bytes)
+            if not raw:
+                return
+            if not raw.endswith(b"\n"):
+                raw += stream.readline()
+            if offset + len(raw) > end:  # keep the lines that start before the segment's end
+                cut = raw.find(b"\n", end - 1 - offset)
+                yield offset, raw if cut == -1 else raw[:cut + 1]
+                return
+            yield offset, raw
+            offset += len(raw)
+
+
+def line_offset(segment: Segment, block_offset: int, index: int) -> int:
+    """Byte offset of line `index` of the block at block_offset (plain files; reads at most the block)."""
+    if index == 0:
+        return block_offset
+    with open(segment.path, "rb") as stream:
+        stream.seek(block_offset)
+        offset = block_offset
+        for _ in range(index):
+            line = stream.readline()
+            if not line:
+                break
+            offset += len(line)
+    return offset

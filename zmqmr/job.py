@@ -59,10 +59,11 @@ def default_partitioner(key: Any, num_reducers: int) -> int:
 @dataclass(frozen=True)
 class Job:
     name: str
-    mapper: Callable
+    mapper: Optional[Callable]  # mapper(key, line); a job has it, or map_split, or both
     reducer: Callable
     combiner: Optional[Callable]
     partitioner: Callable[[Any, int], int]
+    map_split: Optional[Callable] = None  # map_split(key, lines): every line of a split in one call
 
 
 def spec_for(job_arg: Optional[str], encoding: str = "utf-8", encoding_errors: str = "strict",
@@ -139,18 +140,20 @@ def _load_source(spec: JobSpec) -> types.ModuleType:
 
 def _job_from(module: types.ModuleType, name: str) -> Job:
     found = {}
-    for attr in ("mapper", "reducer", "combiner", "partitioner"):
+    for attr in ("mapper", "map_split", "reducer", "combiner", "partitioner"):
         fn = getattr(module, attr, None)
         if fn is not None and not callable(fn):
             raise JobLoadError(f"job {name}: {attr} is not a function")
         found[attr] = fn
-    missing = [a for a in ("mapper", "reducer") if found[a] is None]
+    missing = [a for a in ("mapper", "reducer") if found[a] is None and not (a == "mapper" and found["map_split"])]
     if missing:
-        raise JobLoadError(f"job {name} defines no {' and no '.join(missing)}")
+        raise JobLoadError(f"job {name} defines no {' and no '.join(missing)}"
+                           + (" (nor a map_split)" if "mapper" in missing else ""))
     return Job(
         name=name,
         mapper=found["mapper"],
         reducer=found["reducer"],
         combiner=found["combiner"],
         partitioner=found["partitioner"] or default_partitioner,
+        map_split=found["map_split"],
     )

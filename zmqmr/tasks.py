@@ -8,43 +8,22 @@ happened.
 from __future__ import annotations
 
 import os
+import shutil
 import time
-from itertools import groupby
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from itertools import chain, islice
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import counters, storage
 from .errors import UserCodeError
-from .inputs import read_segment, strip_line_ending
+from .inputs import Block, UndecodableInput, line_offset, read_blocks, read_segment, strip_line_ending
 from .job import Job
-from .output import format_record, part_name
-from .protocol import DEFAULT_MEMORY_LIMIT, BadRecord, PartFile, RecordPosition, Segment, TaskStats
-from .usercode import user_traceback
+from .mapbuffer import CHECK_EVERY, MapOutput, hashable_key
+from .output import format_record
+from .protocol import DEFAULT_MEMORY_LIMIT, BadRecord, PartFile, Progress, RecordPosition, Segment, TaskStats
+from .usercode import PAIRS, shown, user_error
 
-_THIS_FILE = os.path.abspath(__file__).rstrip("c")
-_SHOWN_RECORD_CHARS = 200
-
-
-def _raised_here(exc: BaseException) -> bool:
-    """True when the innermost frame is in this file: the user broke a contract, not raised."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) == _THIS_FILE
-
-
-def _user_error(function: str, exc: BaseException, location: str, contract: str) -> UserCodeError:
-    if _raised_here(exc):
-        if isinstance(exc, TypeError) and "NoneType" in str(exc):
-            message = f"{function} returned None; {contract}"
-        else:
-            message = f"{function} broke its contract ({exc}); {contract}"
-        return UserCodeError(message, location)
-    return UserCodeError(f"{function} raised {type(exc).__name__}: {exc}", location, user_traceback(exc))
-
-
-def _shown(record: Any) -> str:
-    text = repr(record)
-    return text if len(text) <= _SHOWN_RECORD_CHARS else text[:_SHOWN_RECORD_CHARS] + "..."
+LINES_PER_SLICE = 256  # lines mapped between two looks at the buffer's size
+IN_MEMORY_EXPANSION = 24  # Python objects take up to this many times their msgpack size
 
 
 def describe_location(segment: Segment, offset: int, line_number: int) -> str:
@@ -53,9 +32,6 @@ def describe_location(segment: Segment, offset: int, line_number: int) -> str:
     if segment.start == 0 or segment.gzip:
         where += f" (line {line_number})"
     return where
-
-
-PAIRS = "it must return an iterable of (key, value) pairs"
 
 
 class BadRecords:
@@ -75,208 +51,355 @@ class BadRecords:
                                         traceback=error.traceback_text))
 
 
+# --- progress ------------------------------------------------------------------------
+
+# Slots of the progress array that a worker reads while the attempt runs. Lines are read
+# in blocks, and per line only its index in the block is stored, so watching costs one
+# store per record; where the line starts is worked out when someone asks.
+ATTEMPT, RECORDS, SEGMENT, OFFSET, LINE, IN_BLOCK = range(6)
+PROGRESS_SLOTS = 6
+
+
 class NoProgress:
     """Stands in for the executor's shared progress array where nobody watches."""
 
+    def __init__(self):
+        self.values = [0] * PROGRESS_SLOTS
+
     def __setitem__(self, index: int, value: int) -> None:
-        pass
+        self.values[index] = value
+
+    def __getitem__(self, index):
+        return self.values[index]
 
 
-# Slots of the progress array that a worker reads while the attempt runs.
-ATTEMPT, RECORDS, SEGMENT, OFFSET, LINE = range(5)
-PROGRESS_SLOTS = 5
+def _slots(progress) -> Any:
+    """The progress array in the form that is cheapest to store into once per record."""
+    if progress is None:
+        return [0] * PROGRESS_SLOTS
+    if isinstance(progress, NoProgress):
+        return progress.values
+    try:
+        return memoryview(progress).cast("B").cast("q")
+    except TypeError:
+        return progress
+
+
+def progress_of(values: Sequence[int], task) -> Optional[Progress]:
+    """The attempt's records read and where its current record starts, from its progress slots.
+
+    None if the task process has not started this attempt yet.
+    """
+    attempt, records, segment, offset, line, in_block = values[:PROGRESS_SLOTS]
+    if attempt != task.attempt:
+        return None
+    location, position = "", None
+    if task.kind == "map" and 0 <= segment < len(task.segments) and offset >= 0:
+        seg = task.segments[segment]
+        if seg.gzip and in_block:
+            location = f"{seg.key} (line {line + in_block + 1})"
+        else:
+            try:
+                start = offset if seg.gzip else line_offset(seg, offset, in_block)
+            except OSError:
+                start = offset
+            location = describe_location(seg, start, line + in_block + 1)
+            position = RecordPosition(segment=segment, offset=start)
+        records += in_block
+    elif task.kind == "reduce" and records:
+        location = f"the reducer's key number {records} of its partition"
+    return Progress(attempt=task.attempt, records=records, location=location, position=position,
+                    kind=task.kind, index=task.index, job_id=task.job_id)
+
+
+# --- map -----------------------------------------------------------------------------
 
 
 def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
-            encoding: str = "utf-8", errors: str = "strict", progress=NoProgress(),
+            encoding: str = "utf-8", errors: str = "strict", progress=None,
             bad: Optional[BadRecords] = None, memory_limit: int = DEFAULT_MEMORY_LIMIT
             ) -> Tuple[List[PartFile], TaskStats]:
-    """Map every line of the split, then write one sorted (and combined) file per partition.
+    """Map every record of the split into the buffer, then write one sorted file per partition.
 
-    `progress` gets the records read and where the current record starts, before the
-    mapper sees it, so a worker can say which record a hung attempt was on. With `bad`,
-    a record the mapper fails on is skipped whole and noted there instead of failing.
+    The progress slots say which record the mapper is on before it sees it, so a worker
+    can say which record a hung attempt was on. With `bad`, a record the mapper fails on
+    is skipped whole and noted there instead of failing. A job with `map_split` gets
+    each segment's lines at once instead of one call per line.
     """
     started = time.monotonic()
-    buckets: List[list] = [[] for _ in range(reducers)]
-    mapper, partitioner = job.mapper, job.partitioner
+    slots = _slots(progress)
+    slots[IN_BLOCK] = 0
+    output = MapOutput(job, reducers, out_dir, memory_limit)
     records = bytes_in = 0
     for segment_index, segment in enumerate(segments):
-        progress[SEGMENT] = segment_index
-        line_number = 0
-        for offset, raw in read_segment(segment):
-            line_number += 1
-            records += 1
-            bytes_in += len(raw)
-            progress[RECORDS] = records
-            progress[OFFSET] = offset
-            progress[LINE] = line_number
-            try:
-                line = strip_line_ending(raw).decode(encoding, errors)
-            except UnicodeDecodeError as exc:
-                error = UserCodeError(
-                    f"input is not valid {encoding} ({exc.reason}); try --encoding latin-1 "
-                    "or --encoding-errors replace",
-                    describe_location(segment, offset + exc.start, line_number),
-                )
-                if bad is None:
-                    raise error from None
-                bad.add(error)
-                continue
-            if bad is not None:
-                _map_or_skip(mapper, partitioner, buckets, segment, segment_index, offset, line_number, line, bad)
-                continue
-            try:
-                if reducers == 1:
-                    bucket = buckets[0]
-                    for key, value in mapper(segment.key, line):
-                        bucket.append((key, value))
-                else:
-                    for key, value in mapper(segment.key, line):
-                        buckets[_partition(partitioner, key, reducers)].append((key, value))
-            except UserCodeError:
-                raise
-            except Exception as exc:
-                location = f"{describe_location(segment, offset, line_number)}, record {_shown(line)}"
-                raise _user_error("mapper", exc, location, PAIRS) from None
-    os.makedirs(out_dir, exist_ok=True)
-    parts = []
-    records_out = 0
-    mapped = sum(len(pairs) for pairs in buckets)
-    for index, pairs in enumerate(buckets):
-        if not pairs:
-            continue
-        pairs = _sorted(pairs, f"map output for partition {index}")
-        if job.combiner is not None:
-            counters.add_framework("combine input records", len(pairs))
-            pairs = _combine(job.combiner, pairs)
-            counters.add_framework("combine output records", len(pairs))
-        records_out += len(pairs)
-        path = os.path.join(out_dir, part_name(index) + ".mpk")
-        try:
-            size = storage.write_pairs(path, pairs)
-        except (TypeError, OverflowError, ValueError) as exc:
-            raise UserCodeError(f"the map output holds a key or value that msgpack cannot carry ({exc}); keys "
-                                "and values must be str, bytes, int (64-bit), float, bool, None, or lists, "
-                                "tuples and dicts of those") from None
-        parts.append(PartFile(partition=index, path=path, size=size))
-    stats = TaskStats(records_in=records, bytes_in=bytes_in, records_out=records_out,
+        slots[SEGMENT] = segment_index
+        if bad is not None:
+            read, size = _map_skipping(job, segment, segment_index, output, encoding, errors, slots, bad, records)
+        elif job.map_split is not None:
+            read, size = _map_split(job, segment, output, encoding, errors, slots, records)
+        else:
+            read, size = _map_lines(job, segment, output, encoding, errors, slots, records)
+        records += read
+        bytes_in += size
+    parts = output.finish()
+    stats = TaskStats(records_in=records, bytes_in=bytes_in, records_out=output.written,
                       seconds=time.monotonic() - started)
     counters.add_framework("input records", records)
     counters.add_framework("input bytes", bytes_in)
-    counters.add_framework("map output records", mapped)
-    counters.add_framework("spilled records", records_out)
+    counters.add_framework("map output records", output.mapped)
+    if job.combiner is not None:
+        counters.add_framework("combine input records", output.combine_in)
+        counters.add_framework("combine output records", output.combine_out)
+    counters.add_framework("spilled records", output.spilled)
     return parts, stats
 
 
-def _map_or_skip(mapper, partitioner, buckets, segment: Segment, segment_index: int, offset: int,
-                 line_number: int, line: str, bad: BadRecords) -> None:
-    """Map one record all or nothing: a record that fails adds none of its pairs."""
-    location = f"{describe_location(segment, offset, line_number)}, record {_shown(line)}"
-    if (segment_index, offset) in bad.known:
-        bad.add(UserCodeError("an earlier attempt hung on this record (--task-timeout)", location))
-        return
+def _blocks(segment: Segment, encoding: str, errors: str) -> Iterator[Block]:
     try:
-        pairs = [(key, value) for key, value in mapper(segment.key, line)]
-        targets = [0 if len(buckets) == 1 else _partition(partitioner, key, len(buckets)) for key, _ in pairs]
+        yield from read_blocks(segment, encoding, errors)
+    except UndecodableInput as exc:
+        raise _undecodable(exc.reason, segment, exc.offset, exc.line_number, encoding) from None
+
+
+def _undecodable(reason: str, segment: Segment, offset: int, line_number: int, encoding: str) -> UserCodeError:
+    return UserCodeError(f"input is not valid {encoding} ({reason}); try --encoding latin-1 "
+                         "or --encoding-errors replace", describe_location(segment, offset, line_number))
+
+
+def _block_line_location(segment: Segment, block: Block, index: int) -> str:
+    offset = block.offset
+    for _ in range(index):
+        offset = block.raw.index(b"\n", offset - block.offset) + 1 + block.offset
+    where = describe_location(segment, offset, block.lines_before + index + 1)
+    return f"{where}, record {shown(block.lines[index])}"
+
+
+def _map_lines(job: Job, segment: Segment, output: MapOutput, encoding: str, errors: str, slots,
+               records_before: int) -> Tuple[int, int]:
+    """The fast path: lines in blocks, one progress store per line, pairs straight into the buffer."""
+    mapper, input_key = job.mapper, segment.key
+    groups = output.groups
+    get = groups.get
+    records = size = added = 0
+    check_after = CHECK_EVERY
+    key = value = None
+    for block in _blocks(segment, encoding, errors):
+        slots[RECORDS] = records_before + records
+        slots[OFFSET] = block.offset
+        slots[LINE] = block.lines_before
+        size += len(block.raw)
+        lines = block.lines
+        for first in range(0, len(lines), LINES_PER_SLICE):
+            index = first
+            try:
+                for line in islice(lines, first, first + LINES_PER_SLICE):
+                    slots[IN_BLOCK] = index
+                    for key, value in mapper(input_key, line):
+                        try:
+                            held = get(key)
+                        except TypeError:
+                            key = hashable_key(key)
+                            held = get(key)
+                        if held is None:
+                            groups[key] = [value]
+                        else:
+                            held.append(value)
+                        added += 1
+                    index += 1
+            except UserCodeError as exc:
+                if not exc.location:
+                    exc.location = _block_line_location(segment, block, index)
+                raise
+            except Exception as exc:
+                raise user_error("mapper", exc, _block_line_location(segment, block, index)) from None
+            if added >= check_after:
+                check_after = output.account(added, (key, value))
+                added = 0
+                groups = output.groups
+                get = groups.get
+        records += len(lines)
+    slots[IN_BLOCK] = 0
+    output.account(added, (key, value) if added else None)
+    return records, size
+
+
+def _map_split(job: Job, segment: Segment, output: MapOutput, encoding: str, errors: str, slots,
+               records_before: int) -> Tuple[int, int]:
+    """map_split(key, lines) over the segment: lines come a block at a time, progress per block."""
+    counts = [0, 0]  # records, bytes
+
+    def lines() -> Iterator[str]:
+        for block in _blocks(segment, encoding, errors):
+            slots[RECORDS] = records_before + counts[0]
+            slots[OFFSET] = block.offset
+            slots[LINE] = block.lines_before
+            counts[0] += len(block.lines)
+            counts[1] += len(block.raw)
+            yield block.lines
+
+    added = 0
+    check_after = CHECK_EVERY
+    key = value = None
+    groups = output.groups
+    get = groups.get
+    try:
+        for key, value in job.map_split(segment.key, chain.from_iterable(lines())):
+            try:
+                held = get(key)
+            except TypeError:
+                key = hashable_key(key)
+                held = get(key)
+            if held is None:
+                groups[key] = [value]
+            else:
+                held.append(value)
+            added += 1
+            if added >= check_after:
+                check_after = output.account(added, (key, value))
+                added = 0
+                groups = output.groups
+                get = groups.get
     except UserCodeError as exc:
-        bad.add(UserCodeError(exc.message, exc.location or location, exc.traceback_text))
-        return
+        if not exc.location:
+            exc.location = f"{segment.key}, the lines from byte {slots[OFFSET]}"
+        raise
     except Exception as exc:
-        bad.add(_user_error("mapper", exc, location, PAIRS))
-        return
-    for target, pair in zip(targets, pairs):
-        buckets[target].append(pair)
+        raise user_error("map_split", exc, f"{segment.key}, the lines from byte {slots[OFFSET]}") from None
+    output.account(added, (key, value) if added else None)
+    return counts[0], counts[1]
 
 
-def _partition(partitioner: Callable, key: Any, reducers: int) -> int:
-    try:
-        index = partitioner(key, reducers)
-    except Exception as exc:
-        raise UserCodeError(f"partitioner raised {type(exc).__name__}: {exc}", f"key {_shown(key)}",
-                            user_traceback(exc)) from None
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < reducers:
-        raise UserCodeError(f"partitioner returned {index!r} for key {_shown(key)}; "
-                            f"it must return an int in 0..{reducers - 1}")
-    return index
-
-
-def _sorted(pairs: list, what: str) -> list:
-    try:
-        pairs.sort(key=storage.first)
-    except TypeError as exc:
-        raise UserCodeError(f"keys in the {what} are not mutually sortable ({exc}); "
-                            "keys of one job must be comparable with each other") from None
-    return pairs
-
-
-def _combine(combiner: Callable, pairs: list) -> list:
-    combined = []
-    for key, group in groupby(pairs, key=storage.first):
+def _map_skipping(job: Job, segment: Segment, segment_index: int, output: MapOutput, encoding: str,
+                  errors: str, slots, bad: BadRecords, records_before: int) -> Tuple[int, int]:
+    """Under --skip-bad-records: line by line, each record mapped all or nothing."""
+    records = size = added = 0
+    check_after = CHECK_EVERY
+    line_number = 0
+    mapper, input_key = job.mapper, segment.key
+    if mapper is None:
+        raise UserCodeError("--skip-bad-records needs a mapper: a map_split function sees a whole split, "
+                            "so no single record of it can be skipped")
+    for offset, raw in read_segment(segment):
+        line_number += 1
+        slots[RECORDS] = records_before + records
+        slots[OFFSET] = offset
+        slots[LINE] = line_number - 1
+        records += 1
+        size += len(raw)
         try:
-            for out_key, value in combiner(key, (v for _, v in group)):
-                if out_key != key:
-                    raise UserCodeError(f"combiner emitted key {_shown(out_key)} for input key {_shown(key)}; "
-                                        "a combiner must keep the key it is given", f"key {_shown(key)}")
-                combined.append((out_key, value))
-        except UserCodeError:
-            raise
+            line = strip_line_ending(raw).decode(encoding, errors)
+        except UnicodeDecodeError as exc:
+            bad.add(_undecodable(exc.reason, segment, offset + exc.start, line_number, encoding))
+            continue
+        location = f"{describe_location(segment, offset, line_number)}, record {shown(line)}"
+        if (segment_index, offset) in bad.known:
+            bad.add(UserCodeError("an earlier attempt hung on this record (--task-timeout)", location))
+            continue
+        try:
+            pairs = [(hashable_key(key), value) for key, value in mapper(input_key, line)]
+        except UserCodeError as exc:
+            bad.add(UserCodeError(exc.message, exc.location or location, exc.traceback_text))
+            continue
         except Exception as exc:
-            raise _user_error("combiner", exc, f"key {_shown(key)}", PAIRS) from None
-    return combined
+            bad.add(user_error("mapper", exc, location))
+            continue
+        for key, value in pairs:
+            output.add(key, value)
+        added += len(pairs)
+        if added >= check_after:
+            check_after = output.account(added, pairs[-1])
+            added = 0
+    output.account(added)
+    return records, size
 
 
-def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=NoProgress(),
+# --- reduce ----------------------------------------------------------------------------
+
+
+def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=None,
                bad: Optional[BadRecords] = None, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> TaskStats:
     """Merge the sorted map outputs, call the reducer once per key, write key<TAB>value lines.
 
-    With `bad`, a key whose reducer fails is left out of the output whole and noted there.
+    A partition whose records fit the memory budget is read whole and sorted at once
+    (sorting sorted runs is a merge in C); a bigger one is merged as a stream, in passes
+    if it has more runs than can be read at once. Either way memory stays within the
+    budget, except what a reducer itself keeps of one key's values. With `bad`, a key
+    whose reducer fails is left out of the output whole and noted there.
     """
     started = time.monotonic()
+    slots = _slots(progress)
     inputs = list(inputs)
     bytes_in = sum(os.path.getsize(p) for p in inputs)
     reducer = job.reducer
     groups = records_out = 0
-    values_read = [0]
+    values_in = [0]
 
-    def counted(values):
-        for value in values:
-            values_read[0] += 1
-            yield value
+    def counted(records):
+        for record in records:
+            values_in[0] += len(record[1])
+            yield record
 
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w", encoding="utf-8", newline="\n", buffering=storage.BLOCK_BYTES) as out:
-        write = out.write
-        merged = storage.merge_groups(inputs)
-        while True:
+    out_dir = os.path.dirname(out_path)
+    os.makedirs(out_dir, exist_ok=True)
+    scratch = None
+    try:
+        if bytes_in * IN_MEMORY_EXPANSION <= memory_limit:
+            records = list(counted(chain.from_iterable(storage.read_run(p) for p in inputs)))
             try:
-                key, values = next(merged)
-            except StopIteration:
-                break
+                records.sort(key=storage.first)
             except TypeError as exc:
-                raise UserCodeError(f"keys are not mutually sortable ({exc}); "
-                                    "keys of one job must be comparable with each other") from None
-            groups += 1
-            progress[RECORDS] = groups
-            if bad is not None:
+                raise _unsortable(exc) from None
+        else:
+            scratch = out_path + ".merge"
+            os.makedirs(scratch, exist_ok=True)
+            runs = _sorted_or_raise(lambda: storage.merge_to_fan_in(inputs, memory_limit, scratch))
+            records = counted(storage.merged_records(runs, memory_limit))
+        with open(out_path, "w", encoding="utf-8", newline="\n", buffering=storage.BLOCK_BYTES) as out:
+            write = out.write
+            grouped = storage.group_records(records)
+            while True:
                 try:
-                    lines = [format_record(out_key, value) for out_key, value in reducer(key, counted(values))]
-                except Exception as exc:
-                    bad.add(_user_error("reducer", exc, f"key {_shown(key)}", PAIRS))
+                    key, values = next(grouped)
+                except StopIteration:
+                    break
+                except TypeError as exc:
+                    raise _unsortable(exc) from None
+                groups += 1
+                slots[RECORDS] = groups
+                if bad is not None:
+                    try:
+                        lines = [format_record(out_key, value) for out_key, value in reducer(key, values)]
+                    except Exception as exc:
+                        bad.add(user_error("reducer", exc, f"key {shown(key)}"))
+                        continue
+                    write("".join(lines))
+                    records_out += len(lines)
                     continue
-                write("".join(lines))
-                records_out += len(lines)
-                continue
-            try:
-                for out_key, value in reducer(key, counted(values)):
-                    write(format_record(out_key, value))
-                    records_out += 1
-            except Exception as exc:
-                raise _user_error("reducer", exc, f"key {_shown(key)}", PAIRS) from None
-        out.flush()
-        os.fsync(out.fileno())
+                try:
+                    for out_key, value in reducer(key, values):
+                        write(format_record(out_key, value))
+                        records_out += 1
+                except Exception as exc:
+                    raise user_error("reducer", exc, f"key {shown(key)}") from None
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     counters.add_framework("reduce input groups", groups)
-    counters.add_framework("reduce input records", values_read[0])
+    counters.add_framework("reduce input records", values_in[0])
     counters.add_framework("output records", records_out)
     return TaskStats(records_in=groups, bytes_in=bytes_in, records_out=records_out,
                      seconds=time.monotonic() - started)
+
+
+def _unsortable(exc: TypeError) -> UserCodeError:
+    return UserCodeError(f"keys are not mutually sortable ({exc}); keys of one job must be comparable with "
+                         "each other")
+
+
+def _sorted_or_raise(merge):
+    try:
+        return merge()
+    except TypeError as exc:
+        raise _unsortable(exc) from None
