@@ -114,7 +114,7 @@ class MapOutput:
         self.written = 0  # values in the final files
 
     def add(self, key: Any, value: Any) -> None:
-        """One pair, the slow way (the hot loops inline this)."""
+        """One pair, the slow way (the hot loops inline this, and call `account` every so often)."""
         try:
             held = self.groups.get(key)
         except TypeError:
@@ -125,13 +125,15 @@ class MapOutput:
         else:
             held.append(value)
 
-    def account(self, added: int, sample: Tuple[Any, Any] = None) -> int:
-        """`added` more pairs are in the buffer: combine or spill if past the budget.
+    def account(self, sample: Tuple[Any, Any] = None) -> int:
+        """Count what the caller added to `groups` since the last call; combine or spill if past the budget.
 
-        Returns how many pairs may be added before the next call.
+        Counting here, once per check, keeps a counter out of the per-pair loop. Returns
+        how many pairs may be added before the next call.
         """
-        self.held += added
-        self.mapped += added
+        held = sum(map(len, self.groups.values()))
+        self.mapped += held - self.held
+        self.held = held
         if sample is not None:
             self._sample(*sample)
         if self._estimate() >= self.budget:
@@ -139,7 +141,7 @@ class MapOutput:
                 self.held = self._combine_all()
             if self._estimate() >= self.budget / 2:
                 self.spill()
-        return max(CHECK_EVERY, self.held // 8)
+        return max(CHECK_EVERY, self.held // 8, len(self.groups))
 
     def _sample(self, key: Any, value: Any) -> None:
         key_size, value_size = approx_size(key), approx_size(value)

@@ -180,8 +180,8 @@ def _map_lines(job: Job, segment: Segment, output: MapOutput, encoding: str, err
     mapper, input_key = job.mapper, segment.key
     groups = output.groups
     get = groups.get
-    records = size = added = 0
-    check_after = CHECK_EVERY
+    records = size = lines_since_check = 0
+    lines_per_check = LINES_PER_SLICE
     key = value = None
     for block in _blocks(segment, encoding, errors):
         slots[RECORDS] = records_before + records
@@ -204,7 +204,6 @@ def _map_lines(job: Job, segment: Segment, output: MapOutput, encoding: str, err
                             groups[key] = [value]
                         else:
                             held.append(value)
-                        added += 1
                     index += 1
             except UserCodeError as exc:
                 if not exc.location:
@@ -212,14 +211,18 @@ def _map_lines(job: Job, segment: Segment, output: MapOutput, encoding: str, err
                 raise
             except Exception as exc:
                 raise user_error("mapper", exc, _block_line_location(segment, block, index)) from None
-            if added >= check_after:
-                check_after = output.account(added, (key, value))
-                added = 0
+            lines_since_check += index - first
+            if lines_since_check >= lines_per_check:
+                mapped = output.mapped
+                pairs_until_check = output.account((key, value))
+                pairs_per_line = max(output.mapped - mapped, 1) / lines_since_check
+                lines_per_check = max(16, int(pairs_until_check / pairs_per_line))
+                lines_since_check = 0
                 groups = output.groups
                 get = groups.get
         records += len(lines)
     slots[IN_BLOCK] = 0
-    output.account(added, (key, value) if added else None)
+    output.account((key, value) if key is not None else None)
     return records, size
 
 
@@ -242,7 +245,7 @@ def _map_split(job: Job, segment: Segment, output: MapOutput, encoding: str, err
     key = value = None
     groups = output.groups
     get = groups.get
-    try:
+    try:  # map_split's pairs are already few, so counting each costs little
         for key, value in job.map_split(segment.key, chain.from_iterable(lines())):
             try:
                 held = get(key)
@@ -255,7 +258,7 @@ def _map_split(job: Job, segment: Segment, output: MapOutput, encoding: str, err
                 held.append(value)
             added += 1
             if added >= check_after:
-                check_after = output.account(added, (key, value))
+                check_after = output.account((key, value))
                 added = 0
                 groups = output.groups
                 get = groups.get
@@ -265,7 +268,7 @@ def _map_split(job: Job, segment: Segment, output: MapOutput, encoding: str, err
         raise
     except Exception as exc:
         raise user_error("map_split", exc, f"{segment.key}, the lines from byte {slots[OFFSET]}") from None
-    output.account(added, (key, value) if added else None)
+    output.account((key, value) if added else None)
     return counts[0], counts[1]
 
 
@@ -307,9 +310,9 @@ def _map_skipping(job: Job, segment: Segment, segment_index: int, output: MapOut
             output.add(key, value)
         added += len(pairs)
         if added >= check_after:
-            check_after = output.account(added, pairs[-1])
+            check_after = output.account(pairs[-1])
             added = 0
-    output.account(added)
+    output.account()
     return records, size
 
 
