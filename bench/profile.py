@@ -60,11 +60,12 @@ def run(args) -> None:
     print(f"profile: {args.job or 'built-in word count'} over {args.size} ({wall:.1f} s with cProfile), "
           f"the {args.top} functions with the most time of their own")
     print(f"  {'own %':>6} {'total %':>8}  {'whose':10} function")
+    job_file = args.job or ""
     for (filename, line, name), (_, calls, own, cumulative, _) in rows:
         where = f"{os.path.relpath(filename, ROOT)}:{line}({name})" if filename.startswith("/") else name
-        print(f"  {100 * own / total:6.1f} {100 * cumulative / total:8.1f}  {owner(filename, args.job or ''):10} {where}")
-    worst = max((own for (f, _, _), (_, _, own, _, _) in stats.stats.items() if owner(f, args.job or '') == "framework"),
-                default=0.0)
+        print(f"  {100 * own / total:6.1f} {100 * cumulative / total:8.1f}  {owner(filename, job_file):10} {where}")
+    framework = [own for (f, _, _), (_, _, own, _, _) in stats.stats.items() if owner(f, job_file) == "framework"]
+    worst = max(framework, default=0.0)
     print(f"  highest framework function, own time: {100 * worst / total:.1f}%  [target <= 10%]")
 
 

@@ -12,7 +12,7 @@ Contestants (each skipped, with a note, when its tool is missing):
 - Pool(N) regex: the regex, a Counter per file, merged;
 - sort | uniq -c: LC_ALL=C tr -cs A-Za-z '\\n' | sort | uniq -c (ASCII words only, so not the same answer);
 - Dask bag: a LocalCluster of N single-thread workers;
-- mrjob: MRWordFreqCount with -r local.
+- mrjob: MRWordFreqCount with -r local, only with --with-mrjob (it takes minutes).
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
 
 
-def contestants(corpus: str, out: str, workers: int, scratch: str) -> Dict[str, Optional[List[str]]]:
+def contestants(corpus: str, out: str, workers: int, scratch: str, mrjob: bool
+                ) -> Dict[str, Optional[List[str]]]:
     def script(name: str, body: str) -> str:
         path = os.path.join(scratch, name)
         with open(path, "w") as f:
@@ -180,7 +181,9 @@ def contestants(corpus: str, out: str, workers: int, scratch: str) -> Dict[str, 
     }
     if _importable("dask.bag") and _importable("distributed"):
         runs["Dask bag"] = [py, script("dask_bag.py", DASK), corpus, out + "-dask", str(workers)]
-    if _importable("mrjob"):
+    if not mrjob:
+        del runs["mrjob"]
+    elif _importable("mrjob"):
         runs["mrjob"] = [py, "-m", "mrjob.examples.mr_word_freq_count", "-r", "local", "--num-cores",
                          str(workers), "-q", "--output-dir", out + "-mrjob", corpus]
     return runs
@@ -194,7 +197,8 @@ def same_counts(a_dir_or_file: str, b_file: str) -> bool:
     """zmqmr's part files and a baseline's sorted file hold the same (word, count) lines."""
     def lines(path):
         if os.path.isdir(path):
-            return sorted(line for n in os.listdir(path) if n.startswith("part-") for line in open(os.path.join(path, n)))
+            parts = [os.path.join(path, n) for n in os.listdir(path) if n.startswith("part-")]
+            return sorted(line for part in parts for line in open(part))
         return sorted(open(path))
     return lines(a_dir_or_file) == lines(b_file)
 
@@ -208,7 +212,7 @@ def run(args) -> None:
     scratch = tempfile.mkdtemp(prefix="bench-wordcount-")
     out = os.path.join(scratch, "out")
     try:
-        runs = contestants(corpus, out, args.workers, scratch)
+        runs = contestants(corpus, out, args.workers, scratch, args.with_mrjob)
         chosen = [name for name in runs if not args.only or name in args.only]
         times: Dict[str, List[float]] = {name: [] for name in chosen}
         for round_ in range(args.runs):
@@ -257,4 +261,5 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=int, default=3, help="runs of each contestant (median printed)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these contestants")
+    p.add_argument("--with-mrjob", action="store_true", help="also run mrjob (if installed; slow)")
     p.set_defaults(func=run)

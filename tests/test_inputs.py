@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import math
 import os
 import tempfile
 
@@ -15,9 +14,13 @@ from zmqmr import inputs
 from zmqmr.errors import InputError
 from zmqmr.inputs import (
     DEFAULT_SPLIT_BYTES,
+    Block,
     InputFile,
+    UndecodableInput,
     expand_inputs,
+    line_offset,
     plan_splits,
+    read_blocks,
     read_segment,
     strip_line_ending,
 )
@@ -296,39 +299,173 @@ def test_gzip_files_are_never_cut_with_mappers(mappers):
             assert segs == [Segment(key=f.key, path=f.path, start=0, end=f.size, gzip=True)]
 
 
-@pytest.mark.parametrize("split_bytes", [1, 7, 100, 1000, 10**9])
-def test_without_mappers_one_split_per_split_bytes_and_at_least_one_per_file(split_bytes):
-    files = [fake("a", 1000), fake("b", 0), fake("c", 1), fake("d.gz", 5000, True), fake("e", 999)]
-    splits = plan_splits(files, split_bytes=split_bytes)
-    assert all(len(split) == 1 for split in splits)
-    for f in files:
-        segs = [split[0] for split in splits if split[0].key == f.key]
-        want = 1 if f.gzip else max(1, math.ceil(f.size / split_bytes))
-        assert len(segs) == want
-        assert segs[0].start == 0 and segs[-1].end == f.size
-        assert all(a.end == b.start for a, b in zip(segs, segs[1:]))
-        assert all(seg.gzip == f.gzip and seg.path == f.path for seg in segs)
-        if len(segs) > 1:  # about split_bytes each
-            assert all(split_bytes - 1 <= s.end - s.start <= split_bytes for s in segs)
-    # files in order
-    keys = [split[0].key for split in splits]
-    assert keys == sorted(keys)
+def sizes_of(splits):
+    return [sum(seg.end - seg.start for seg in split) for split in splits]
+
+
+def layout(splits):
+    """Splits as lists of (key, start, end), for exact comparisons."""
+    return [[(seg.key, seg.start, seg.end) for seg in split] for split in splits]
+
+
+def check_packing(files, splits, split_bytes, cap=None):
+    """The policy without --mappers, as invariants: greedy packing in input order.
+
+    Every non-empty file is covered once, in order (plain files by contiguous pieces,
+    gzip files whole); empty files are left out; no split is empty (unless the input
+    is, then there is exactly one empty split); no split holds more than `cap` segments
+    or more than split_bytes bytes, except a gzip file alone; a file is cut only at the
+    end of a full split; and a split is closed only when it had to be (full, at the
+    cap, or the next file is a gzip file that does not fit).
+    """
+    cap = inputs.MAX_SEGMENTS_PER_SPLIT if cap is None else cap
+    wanted = [f for f in files if f.size > 0]
+    if not wanted:
+        assert splits == [()]
+        return
+    assert all(isinstance(split, tuple) and split for split in splits)
+    segs = [seg for split in splits for seg in split]
+    i = 0
+    for f in wanted:
+        pos = 0
+        while pos < f.size:
+            seg = segs[i]
+            assert (seg.key, seg.path, seg.gzip, seg.start) == (f.key, f.path, f.gzip, pos)
+            assert pos < seg.end <= f.size
+            assert not f.gzip or seg.end == f.size
+            pos = seg.end
+            i += 1
+    assert i == len(segs), "segments beyond the input, or of empty files"
+    size_of = {f.key: f.size for f in files}
+    sizes = sizes_of(splits)
+    for split, size in zip(splits, sizes):
+        assert len(split) <= cap
+        if size > split_bytes:
+            assert len(split) == 1 and split[0].gzip
+        for j, seg in enumerate(split):
+            if seg.end < size_of[seg.key]:  # cut: the piece ends its split, which is full
+                assert j == len(split) - 1 and size == split_bytes
+            if seg.start > 0:  # the rest of a cut file starts a split
+                assert j == 0
+    for k in range(len(splits) - 1):
+        after = splits[k + 1][0]
+        full = sizes[k] >= split_bytes
+        at_cap = len(splits[k]) == cap
+        gzip_does_not_fit = after.gzip and sizes[k] + after.end > split_bytes
+        assert full or at_cap or gzip_does_not_fit, (k, layout(splits))
+
+
+def test_small_files_share_a_split():
+    files = [fake("a", 10), fake("b", 20), fake("c", 30)]
+    assert layout(plan_splits(files, split_bytes=100)) == [[("a", 0, 10), ("b", 0, 20), ("c", 0, 30)]]
+    assert layout(plan_splits(files, split_bytes=60)) == [[("a", 0, 10), ("b", 0, 20), ("c", 0, 30)]]
+    # a file that does not fit is cut: the split is filled to split_bytes exactly
+    assert layout(plan_splits(files, split_bytes=25)) == [
+        [("a", 0, 10), ("b", 0, 15)], [("b", 15, 20), ("c", 0, 20)], [("c", 20, 30)]]
+
+
+def test_big_files_are_cut_and_the_next_file_fills_the_rest():
+    files = [fake("a", 250), fake("b", 30), fake("c", 40), fake("d", 100)]
+    assert layout(plan_splits(files, split_bytes=100)) == [
+        [("a", 0, 100)],
+        [("a", 100, 200)],
+        [("a", 200, 250), ("b", 0, 30), ("c", 0, 20)],
+        [("c", 20, 40), ("d", 0, 80)],
+        [("d", 80, 100)],
+    ]
+    splits = plan_splits(files, split_bytes=100)
+    assert [seg.path for split in splits for seg in split][:2] == ["/abs/a", "/abs/a"]
+    check_packing(files, splits, 100)
+
+
+def test_gzip_is_never_cut_and_starts_its_own_split_when_it_does_not_fit():
+    files = [fake("a", 60), fake("g.gz", 50, True), fake("b", 30), fake("h.gz", 20, True),
+             fake("big.gz", 500, True), fake("c", 10), fake("i.gz", 100, True), fake("d", 5)]
+    splits = plan_splits(files, split_bytes=100)
+    assert layout(splits) == [
+        [("a", 0, 60)],                                   # g.gz (50) does not fit in the 40 left
+        [("g.gz", 0, 50), ("b", 0, 30), ("h.gz", 0, 20)],  # h.gz fits exactly
+        [("big.gz", 0, 500)],                             # bigger than a split: alone
+        [("c", 0, 10)],                                   # nothing joins a split past its size
+        [("i.gz", 0, 100)],                               # 100 does not fit in the 90 left
+        [("d", 0, 5)],
+    ]
+    assert [seg.gzip for split in splits for seg in split] == [False, True, False, True, True, False, True, False]
+    check_packing(files, splits, 100)
+
+
+def test_a_gzip_file_first_in_a_split_is_taken_whatever_its_size():
+    splits = plan_splits([fake("a.gz", 1000, True), fake("b.gz", 1000, True)], split_bytes=1)
+    assert layout(splits) == [[("a.gz", 0, 1000)], [("b.gz", 0, 1000)]]
+
+
+def test_empty_files_are_left_out():
+    files = [fake("e1", 0), fake("a", 5), fake("e2", 0), fake("e3.gz", 0, True), fake("b", 5), fake("e4", 0)]
+    assert layout(plan_splits(files, split_bytes=100)) == [[("a", 0, 5), ("b", 0, 5)]]
+    assert layout(plan_splits(files, split_bytes=5)) == [[("a", 0, 5)], [("b", 0, 5)]]
+
+
+@pytest.mark.parametrize("files", [[], [fake("empty", 0)], [fake("e1", 0), fake("e2.gz", 0, True)]])
+def test_no_bytes_at_all_make_one_empty_split(files):
+    assert plan_splits(files) == [()]
+    assert plan_splits(files, split_bytes=1) == [()]
+
+
+def test_segments_per_split_are_capped(monkeypatch):
+    files = [fake(f"f{i:02d}", 1) for i in range(10)]
+    monkeypatch.setattr(inputs, "MAX_SEGMENTS_PER_SPLIT", 3)
+    splits = plan_splits(files, split_bytes=1000)
+    assert [len(split) for split in splits] == [3, 3, 3, 1]
+    assert [seg.key for split in splits for seg in split] == [f.key for f in files]
+    check_packing(files, splits, 1000, cap=3)
+
+
+def test_real_segment_cap_keeps_thousands_of_tiny_files_in_few_splits():
+    cap = inputs.MAX_SEGMENTS_PER_SPLIT
+    files = [fake(f"f{i:05d}", 10) for i in range(cap + 100)]
+    splits = plan_splits(files)
+    assert [len(split) for split in splits] == [cap, 100]
+    check_packing(files, splits, DEFAULT_SPLIT_BYTES)
 
 
 def test_default_split_bytes():
     big = fake("big", 3 * DEFAULT_SPLIT_BYTES + 1)
-    assert len(plan_splits([big])) == 4
+    assert sizes_of(plan_splits([big])) == [DEFAULT_SPLIT_BYTES] * 3 + [1]
     assert len(plan_splits([fake("small", 10)])) == 1
+    many = [fake(f"s{i}", DEFAULT_SPLIT_BYTES // 1000) for i in range(999)]
+    assert len(plan_splits(many)) == 1  # a thousand small files are one task, not a thousand
+
+
+FAKE_FILE = st.tuples(st.integers(0, 300), st.integers(0, 4)).map(lambda t: (t[0], t[1] == 0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(FAKE_FILE, max_size=12), split_bytes=st.integers(1, 400), cap=st.integers(1, 5),
+       patch_cap=st.booleans())
+def test_packing_policy_holds_for_any_input(sizes, split_bytes, cap, patch_cap):
+    files = [fake(f"f{i:02d}" + (".gz" if gz else ""), size, gz) for i, (size, gz) in enumerate(sizes)]
+    with pytest.MonkeyPatch.context() as mp:
+        if patch_cap:
+            mp.setattr(inputs, "MAX_SEGMENTS_PER_SPLIT", cap)
+        splits = plan_splits(files, split_bytes=split_bytes)
+        check_packing(files, splits, split_bytes, cap if patch_cap else None)
 
 
 def test_too_many_map_tasks(monkeypatch):
     monkeypatch.setattr(inputs, "MAX_TASK_ID", 10)  # a real 10M-task plan is slow to build
     assert len(plan_splits([fake("a", 10)], split_bytes=1)) == 10
-    with pytest.raises(InputError, match="map tasks"):
+    with pytest.raises(InputError, match="map tasks") as info:
         plan_splits([fake("a", 11)], split_bytes=1)
+    assert "--split-size" in str(info.value)
+    # empty files make no task; the gzip file makes one, however big
+    mixed = [fake("a", 5), fake("b", 0), fake("c.gz", 100, True), fake("d", 4)]
+    assert len(plan_splits(mixed, split_bytes=1)) == 10
     with pytest.raises(InputError, match="map tasks"):
-        plan_splits([fake("a", 5), fake("b", 0), fake("c.gz", 100, True), fake("d", 4)],
-                    split_bytes=1)
+        plan_splits(mixed + [fake("e", 1)], split_bytes=1)
+    # small files packed together stay well under the limit
+    assert len(plan_splits([fake(f"f{i}", 1) for i in range(1000)], split_bytes=100)) == 10
+    with pytest.raises(InputError, match="map tasks"):
+        plan_splits([fake(f"f{i}", 1) for i in range(1001)], split_bytes=100)
 
 
 # --- read_segment ---------------------------------------------------------------------
@@ -408,6 +545,129 @@ def test_large_file_across_many_buffers(tmp_path, monkeypatch):
         assert [line for *_, line in read_all(splits)] == lines
 
 
+# --- read_blocks ----------------------------------------------------------------------
+
+
+def test_read_blocks_gives_whole_lines_a_block_at_a_time(tmp_path):
+    data = b"one\r\ntwo\n\nthree"
+    path = write(tmp_path / "f", data)
+    seg = Segment(key="f", path=path, start=0, end=len(data))
+    assert list(read_blocks(seg, block_bytes=4)) == [
+        Block(offset=0, lines_before=0, raw=b"one\r\n", lines=["one"]),  # a line is never cut
+        Block(offset=5, lines_before=1, raw=b"two\n", lines=["two"]),
+        Block(offset=9, lines_before=2, raw=b"\nthree", lines=["", "three"]),
+    ]
+    assert list(read_blocks(seg)) == [Block(0, 0, data, ["one", "two", "", "three"])]
+    assert list(read_blocks(Segment(key="f", path=path, start=1, end=9), block_bytes=1)) == [
+        Block(offset=5, lines_before=0, raw=b"two\n", lines=["two"])]
+    assert list(read_blocks(Segment(key="f", path=path, start=6, end=7))) == []
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"\n",
+    b"no newline",
+    b"lone cr at the end\r",
+    b"cr\rinside\r\r\nand crlf\r\n\r\n\n",
+    "é\r\n☃\n𝄞\r\n\u2028 line separator is not a line end\n\x0b\x0c\x1c\x85\n".encode(),
+    b"x" * 5000 + b"\n" + b"y" * 3 + b"\n" + b"z" * 7000,
+])
+@pytest.mark.parametrize("block_bytes", [1, 2, 3, 7, 64, 4096, 1 << 20])
+def test_read_blocks_equals_read_segment(tmp_path, data, block_bytes):
+    path = write(tmp_path / "f", data)
+    check_blocks(Segment(key="f", path=path, start=0, end=len(data)), block_bytes)
+    gz = write(tmp_path / "f.gz", gzip.compress(data))
+    check_blocks(Segment(key="f.gz", path=gz, start=0, end=os.path.getsize(gz), gzip=True), block_bytes)
+
+
+def test_read_blocks_at_every_pair_of_cut_points(tmp_path):
+    data = "a\r\n\n\nbé\r\n\r\r\nxyz\n𝄞\n\nlast\r".encode()
+    path = write(tmp_path / "f", data)
+    n = len(data)
+    for block_bytes in (1, 3, 100):
+        lines = []
+        for c1 in range(n + 1):
+            for c2 in range(c1, n + 1):
+                lines = []
+                for a, b in [(0, c1), (c1, c2), (c2, n)]:
+                    blocks = check_blocks(Segment(key="f", path=path, start=a, end=b), block_bytes)
+                    lines += [line.encode() for block in blocks for line in block.lines]
+                assert lines == expected_lines(data), (c1, c2, block_bytes)
+
+
+def test_line_offset_finds_a_line_of_a_block(tmp_path):
+    data = b"a\r\nbb\n\nccc\nlast"
+    path = write(tmp_path / "f", data)
+    seg = Segment(key="f", path=path, start=0, end=len(data))
+    assert [line_offset(seg, 0, i) for i in range(5)] == [0, 3, 6, 7, 11]
+    assert [line_offset(seg, 6, i) for i in range(3)] == [6, 7, 11]
+
+
+def test_undecodable_input_names_the_byte_and_its_line(tmp_path):
+    lines = [f"line {i} é".encode() for i in range(200)]
+    lines[137] = b"bad \xff here"
+    data = b"\r\n".join(lines) + b"\r\n"
+    path = write(tmp_path / "f", data)
+    bad_byte = data.index(b"\xff")
+    for block_bytes in (1, 50, 1 << 20):
+        seg = Segment(key="f", path=path, start=0, end=len(data))
+        read = []
+        with pytest.raises(UndecodableInput) as info:
+            for block in read_blocks(seg, block_bytes=block_bytes):
+                read += block.lines
+        assert (info.value.offset, info.value.line_number) == (bad_byte, 138)
+        assert "invalid start byte" in info.value.reason
+        assert read == [line.decode() for line in lines[:len(read)]] and len(read) <= 137
+        # a segment that starts later counts lines from its own start
+        later = data.index(b"line 100 ")
+        with pytest.raises(UndecodableInput) as info:
+            list(read_blocks(Segment(key="f", path=path, start=later, end=len(data)), block_bytes=block_bytes))
+        assert (info.value.offset, info.value.line_number) == (bad_byte, 38)
+        gz = write(tmp_path / "f.gz", gzip.compress(data))
+        with pytest.raises(UndecodableInput) as info:
+            list(read_blocks(Segment(key="f.gz", path=gz, start=0, end=1, gzip=True), block_bytes=block_bytes))
+        assert (info.value.offset, info.value.line_number) == (bad_byte, 138)
+    # told to replace, it reads on
+    lines_read = [line for block in read_blocks(seg, errors="replace") for line in block.lines]
+    assert lines_read[137] == "bad \ufffd here" and len(lines_read) == 200
+
+
+BYTE_PIECES = st.sampled_from([b"a", b"Z ", b"\n", b"\r", b"\r\n", b"\xff", b"\x81", b"\xc3", b"\xe2\x82",
+                               "é".encode(), "€".encode(), "𝄞".encode(), b"\xf0\x9d", b"\xed\xa0\x80"])
+
+
+@settings(deadline=None, max_examples=200)
+@given(pieces=st.lists(BYTE_PIECES, max_size=40), cuts=st.tuples(st.integers(0, 200), st.integers(0, 200)),
+       encoding=st.sampled_from(["utf-8", "latin-1", "cp1252"]),
+       errors=st.sampled_from(["strict", "replace", "surrogateescape", "ignore", "backslashreplace"]),
+       block_bytes=st.integers(1, 24))
+def test_read_blocks_decodes_any_bytes_as_line_by_line_decoding_would(pieces, cuts, encoding, errors,
+                                                                       block_bytes):
+    data = b"".join(pieces)
+    start, end = sorted(min(c, len(data)) for c in cuts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(os.path.join(tmp, "f"), data)
+        seg = Segment(key="f", path=path, start=start, end=end)
+        want, failure = [], None
+        for number, (offset, raw) in enumerate(read_segment(seg), 1):
+            try:
+                want.append(strip_line_ending(raw).decode(encoding, errors))
+            except UnicodeDecodeError as exc:
+                failure = (offset + exc.start, number)
+                break
+        got = []
+        if failure is None:
+            got = [line for block in read_blocks(seg, encoding, errors, block_bytes) for line in block.lines]
+            assert got == want
+            check_blocks(seg, block_bytes, encoding, errors)
+        else:
+            with pytest.raises(UndecodableInput) as info:
+                for block in read_blocks(seg, encoding, errors, block_bytes):
+                    got += block.lines
+            assert (info.value.offset, info.value.line_number) == failure
+            assert got == want[:len(got)]
+
+
 # --- the key property -----------------------------------------------------------------
 
 LINE_CHARS = st.characters(blacklist_characters="\n", blacklist_categories=("Cs",))
@@ -430,6 +690,30 @@ def file_bytes(spec):
     if parts and not spec["final_newline"]:
         parts[-1] = spec["lines"][-1][0]
     return "".join(parts).encode("utf-8")
+
+
+def check_blocks(seg, block_bytes, encoding="utf-8", errors="strict"):
+    """read_blocks yields exactly read_segment's lines, decoded, in blocks; line_offset finds each line."""
+    want = list(read_segment(seg))
+    blocks = list(read_blocks(seg, encoding, errors, block_bytes))
+    assert [line for block in blocks for line in block.lines] == \
+        [strip_line_ending(raw).decode(encoding, errors) for _, raw in want]
+    assert b"".join(block.raw for block in blocks) == b"".join(raw for _, raw in want)
+    before = 0
+    for block in blocks:
+        assert block.lines, "no empty blocks"
+        assert block.lines_before == before
+        raws = [raw for _, raw in want[before:before + len(block.lines)]]
+        assert block.raw == b"".join(raws)
+        assert block.offset == want[before][0]
+        # bounded: every line of a block starts within its first block_bytes bytes
+        assert len(block.raw) - len(raws[-1]) < block_bytes
+        if not seg.gzip:
+            for index in range(len(block.lines)):
+                assert line_offset(seg, block.offset, index) == want[before + index][0]
+        before += len(block.lines)
+    assert before == len(want)
+    return blocks
 
 
 @settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
@@ -459,7 +743,7 @@ def test_every_line_read_exactly_once_in_order(files, mode, data):
             low = max(1, largest // 300)
             split_bytes = data.draw(st.integers(low, low + 64), label="split_bytes")
             splits = plan_splits(inputs, split_bytes=split_bytes)
-            assert len(splits) >= len(inputs)
+            check_packing(inputs, splits, split_bytes)
 
         for f in inputs:
             segs = [seg for split in splits for seg in split if seg.key == f.key]
@@ -482,3 +766,5 @@ def test_every_line_read_exactly_once_in_order(files, mode, data):
                 if not seg.gzip:
                     for offset, _ in read_segment(seg):
                         assert seg.start <= offset < seg.end
+                block_bytes = data.draw(st.integers(1, 64), label="block_bytes")
+                check_blocks(seg, block_bytes)

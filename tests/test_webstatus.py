@@ -401,9 +401,10 @@ def test_a_browser_sees_the_job_progress(tmp_path):
 def test_a_browser_follows_a_real_running_job(procs, tmp_path):
     """A driver with --http-port and two workers: the page shows the job's real tasks, and it moves.
 
-    Gates keep the job running between the browser's looks, however slow the machine: the maps of
-    files 4-6 wait for the first gate and file 7's for the second, so the driver (and its page)
-    outlives each look.
+    Gates keep the job running between the browser's looks, however slow the machine: the maps
+    reading files 4-6 wait for the first gate and those reading file 7 for the second, so the
+    driver (and its page) outlives each look. --mappers 8 cuts the eight files (of about the
+    same size) into eight tasks of about one file each.
     """
     from conftest import free_port, make_corpus, wait_for, zmqmr_command
 
@@ -433,7 +434,7 @@ def test_a_browser_follows_a_real_running_job(procs, tmp_path):
     port, http_port = free_port(), free_port()
     driver = procs.start(zmqmr_command("local", "--workers", 2, "--job", job, "--input", *corpus,
                                        "--output", tmp_path / "out", "--reducers", 2, "--port", port,
-                                       "--http-port", http_port))
+                                       "--http-port", http_port, "--mappers", 8))
     url = f"http://127.0.0.1:{http_port}/"
 
     def page_with_progress(at_least: int):
@@ -444,7 +445,7 @@ def test_a_browser_follows_a_real_running_job(procs, tmp_path):
 
     first = wait_for(lambda: page_with_progress(1), 60, "a page with a finished map task", interval=0.3)
     done, total = first.progress()
-    assert total == 8 and 1 <= done <= 4
+    assert total == 8 and 1 <= done <= 5
     assert sorted(first.task_names()) == sorted([f"map {i}" for i in range(8)] + ["reduce 0", "reduce 1"])
     assert "RUNNING" in {state for state, _ in first.rows}
     gate1.touch()

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional
 from . import __version__
 from .errors import UsageError, ZmqmrError
 from .logs import LEVELS, setup_logging
-from .inputs import DEFAULT_SPLIT_BYTES
+from .inputs import DEFAULT_SPLIT_BYTES, DRIVER_PARALLELISM, TASKS_PER_WORKER
 from .protocol import DEFAULT_MEMORY_LIMIT, MAX_NAME_LEN, MIN_MEMORY_LIMIT
 
 DESCRIPTION = {
@@ -105,8 +105,10 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
                      help="replace zmqmr's earlier output in a non-empty output directory")
     job.add_argument("--mappers", type=positive_int, metavar="N",
                      help="number of map tasks, cut evenly over all input bytes (default: see --split-size)")
-    job.add_argument("--split-size", type=byte_size(1), default=DEFAULT_SPLIT_BYTES, metavar="SIZE",
-                     help="input bytes per map task; small files share a task, big ones are cut at lines")
+    job.add_argument("--split-size", type=byte_size(1), metavar="SIZE",
+                     help="input bytes per map task; small files share a task, big ones are cut at lines "
+                          f"(default: {DEFAULT_SPLIT_BYTES // 2**20}M, or less so that each worker gets "
+                          f"{TASKS_PER_WORKER} tasks; zmqmr-driver plans for {DRIVER_PARALLELISM} workers)")
     job.add_argument("--memory-limit", type=byte_size(MIN_MEMORY_LIMIT), default=DEFAULT_MEMORY_LIMIT,
                      metavar="SIZE", help="memory for each task's buffers; past it, map output spills to "
                                           "sorted files on disk and reducers merge from disk")
@@ -212,7 +214,8 @@ def _plan(args: argparse.Namespace):
     return new_plan(args.job, args.input, args.output, reducers=args.reducers, mappers=args.mappers,
                     work_dir=args.work_dir, force=args.force, encoding=args.encoding,
                     encoding_errors=args.encoding_errors, skip_bad_records=args.skip_bad_records,
-                    memory_limit=args.memory_limit, split_bytes=args.split_size)
+                    memory_limit=args.memory_limit, split_bytes=args.split_size,
+                    parallelism=getattr(args, "workers", DRIVER_PARALLELISM))
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -16,6 +16,9 @@ from .errors import InputError
 from .protocol import MAX_TASK_ID, Segment
 
 DEFAULT_SPLIT_BYTES = 32 * 1024 * 1024  # about a second of a Python mapper's work per task, or less
+MIN_SPLIT_BYTES = 1024 * 1024
+TASKS_PER_WORKER = 2  # at least, when the input is big enough: no worker idles while one map runs
+DRIVER_PARALLELISM = 4  # workers a zmqmr-driver plans for, not knowing how many will come
 MAX_SEGMENTS_PER_SPLIT = 4096  # keeps a task's message small when many tiny files share it
 READ_BLOCK_BYTES = 1024 * 1024
 
@@ -112,6 +115,13 @@ def plan_splits(files: Sequence[InputFile], mappers: Optional[int] = None,
             start = end
     close_split()
     return splits or [()]
+
+
+def default_split_bytes(files: Sequence[InputFile], parallelism: int) -> int:
+    """DEFAULT_SPLIT_BYTES, or less, so that `parallelism` workers each get TASKS_PER_WORKER maps."""
+    total = sum(f.size for f in files)
+    even = math.ceil(total / (TASKS_PER_WORKER * max(1, parallelism)))
+    return max(MIN_SPLIT_BYTES, min(DEFAULT_SPLIT_BYTES, even))
 
 
 def _segment(f: InputFile, start: int, end: int) -> Segment:

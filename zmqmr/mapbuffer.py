@@ -159,10 +159,15 @@ class MapOutput:
         """Combine every key holding several values; return the values left."""
         left = 0
         groups = self.groups
+        emptied = []
         for key, values in groups.items():
             if len(values) > 1:
                 values = groups[key] = self.combine(key, values)
+                if not values:
+                    emptied.append(key)
             left += len(values)
+        for key in emptied:  # the combiner dropped them: the reducer must not see them
+            del groups[key]
         return left
 
     def combine(self, key: Any, values: List[Any]) -> List[Any]:
@@ -190,6 +195,8 @@ class MapOutput:
         for key, values in self.groups.items():
             if combine is not None and len(values) > 1:
                 values = combine(key, values)
+                if not values:
+                    continue
             partitions[0 if reducers == 1 else partition_of(partitioner, key, reducers)].append((key, values))
         self.groups = {}
         self.held = 0
@@ -221,7 +228,7 @@ class MapOutput:
             final = []
             for index, runs in enumerate(self.runs):
                 if runs:
-                    runs = storage.merge_to_fan_in(runs, self.memory, self.out_dir, combine)
+                    runs = storage.merge_to_fan_in(runs, self.memory, self.out_dir, combine, f"{index}-")
                     final.append((index, storage.combine_records(storage.merged_records(runs, self.memory),
                                                                  combine)))
         parts = []

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 
 from . import journal, protocol
 from .errors import UsageError
-from .inputs import DEFAULT_SPLIT_BYTES, InputFile, expand_inputs, plan_splits
+from .inputs import DRIVER_PARALLELISM, InputFile, default_split_bytes, expand_inputs, plan_splits
 from .job import load_job, spec_for
 from .protocol import DEFAULT_MEMORY_LIMIT
 
@@ -71,13 +71,17 @@ def new_plan(job_arg: Optional[str], inputs: Sequence[str], output: str, reducer
              mappers: Optional[int] = None, work_dir: Optional[str] = None, force: bool = False,
              encoding: str = "utf-8", encoding_errors: str = "strict",
              skip_bad_records: Optional[int] = None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
-             split_bytes: int = DEFAULT_SPLIT_BYTES) -> JobPlan:
+             split_bytes: Optional[int] = None, parallelism: int = DRIVER_PARALLELISM) -> JobPlan:
     """Plan a job from the command line; if its work dir holds this job's journal, resume it."""
     check_encoding(encoding, encoding_errors)
     spec = spec_for(job_arg, encoding, encoding_errors, -1 if skip_bad_records is None else skip_bad_records,
                     memory_limit)
-    load_job(spec)  # a broken job fails here, before any worker is involved
+    job = load_job(spec)  # a broken job fails here, before any worker is involved
+    if skip_bad_records is not None and job.mapper is None:
+        raise UsageError(f"--skip-bad-records needs a mapper, and {job.name} has only map_split, which sees "
+                         "whole splits: no single record of them can be skipped")
     files = expand_inputs(inputs)
+    split_bytes = split_bytes or default_split_bytes(files, parallelism)
     plan = JobPlan(job=spec, inputs=files, splits=plan_splits(files, mappers, split_bytes), reducers=reducers,
                    output=output, force=force, work_dir=os.path.abspath(work_dir) if work_dir else "")
     if plan.work_dir:

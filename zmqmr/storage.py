@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 
 import msgpack
 
+from .errors import UserCodeError
+
 BLOCK_BYTES = 1024 * 1024
 MIN_READ_BYTES = 64 * 1024
 VALUES_PER_RECORD = 256  # a reader holds at most this many values of one run at a time
@@ -48,6 +50,14 @@ def write_run(path: str, records: Iterable[Record]) -> Tuple[int, int]:
     return size, values
 
 
+class UnsortableKeys(UserCodeError):
+    """Two runs hold keys that cannot be compared: found only when merging them."""
+
+    def __init__(self, exc: TypeError):
+        super().__init__(f"keys are not mutually sortable ({exc}); keys of one job must be comparable with "
+                         "each other")
+
+
 def read_run(path: str, read_bytes: int = BLOCK_BYTES) -> Iterator[Record]:
     with open(path, "rb", buffering=0) as f:
         # Arrays come back as tuples: keys stay hashable, and values look the same in every task.
@@ -70,7 +80,15 @@ def merged_records(paths: Sequence[str], memory: int) -> Iterator[Record]:
     read_bytes = read_bytes_for(len(paths), memory)
     if len(paths) == 1:
         return read_run(paths[0], read_bytes)
-    return heapq.merge(*(read_run(p, read_bytes) for p in paths), key=first)
+    return _comparing(heapq.merge(*(read_run(p, read_bytes) for p in paths), key=first))
+
+
+def _comparing(records: Iterator[Record]) -> Iterator[Record]:
+    """The merge's records; a key that cannot be compared with another one is the user's error."""
+    try:
+        yield from records
+    except TypeError as exc:
+        raise UnsortableKeys(exc) from None
 
 
 def group_records(records: Iterable[Record]) -> Iterator[Tuple[Any, Iterator[Any]]]:
@@ -80,10 +98,11 @@ def group_records(records: Iterable[Record]) -> Iterator[Tuple[Any, Iterator[Any
 
 
 def merge_to_fan_in(paths: List[str], memory: int, scratch: str,
-                    combine: Optional[Callable[[Any, List[Any]], List[Any]]] = None) -> List[str]:
+                    combine: Optional[Callable[[Any, List[Any]], List[Any]]] = None, prefix: str = "") -> List[str]:
     """Merge runs in passes until at most max_fan_in(memory) are left; return the runs to read.
 
-    Intermediate runs go to `scratch` and are removed by the caller with it.
+    Intermediate runs go to `scratch`, named with `prefix` (one per partition sharing a
+    scratch directory), and are removed by the caller.
     """
     fan_in = max_fan_in(memory)
     passes = 0
@@ -95,7 +114,7 @@ def merge_to_fan_in(paths: List[str], memory: int, scratch: str,
             if len(group) == 1:
                 merged.append(group[0])
                 continue
-            out = os.path.join(scratch, f"merge-{passes}-{i // fan_in}.run")
+            out = os.path.join(scratch, f"{prefix}merge-{passes}-{i // fan_in}.run")
             write_run(out, combine_records(merged_records(group, memory), combine))
             merged.append(out)
         paths = merged
@@ -104,10 +123,16 @@ def merge_to_fan_in(paths: List[str], memory: int, scratch: str,
 
 def combine_records(records: Iterable[Record], combine: Optional[Callable[[Any, List[Any]], List[Any]]]
                     ) -> Iterator[Record]:
-    """Key-ordered records with equal keys joined into one (and combined, with a combiner)."""
+    """Key-ordered records with equal keys joined into one and combined, with a combiner.
+
+    A key the combiner left without values is dropped: the reducer never sees an empty key.
+    """
     if combine is None:
         yield from records
         return
     for key, group in groupby(records, key=first):
         values = list(chain.from_iterable(map(second, group)))
-        yield key, combine(key, values) if len(values) > 1 else values
+        if len(values) > 1:
+            values = combine(key, values)
+        if values:
+            yield key, values

@@ -20,7 +20,7 @@ from .job import Job
 from .mapbuffer import CHECK_EVERY, MapOutput, hashable_key
 from .output import format_record
 from .protocol import DEFAULT_MEMORY_LIMIT, BadRecord, PartFile, Progress, RecordPosition, Segment, TaskStats
-from .usercode import PAIRS, shown, user_error
+from .usercode import shown, user_error
 
 LINES_PER_SLICE = 256  # lines mapped between two looks at the buffer's size
 IN_MEMORY_EXPANSION = 24  # Python objects take up to this many times their msgpack size
@@ -105,7 +105,7 @@ def progress_of(values: Sequence[int], task) -> Optional[Progress]:
                 start = offset
             location = describe_location(seg, start, line + in_block + 1)
             position = RecordPosition(segment=segment, offset=start)
-        records += in_block
+        records += in_block + 1  # the current record counts as read
     elif task.kind == "reduce" and records:
         location = f"the reducer's key number {records} of its partition"
     return Progress(attempt=task.attempt, records=records, location=location, position=position,
@@ -184,6 +184,7 @@ def _map_lines(job: Job, segment: Segment, output: MapOutput, encoding: str, err
     lines_per_check = LINES_PER_SLICE
     key = value = None
     for block in _blocks(segment, encoding, errors):
+        slots[IN_BLOCK] = 0  # first: a reader must never pair this block with the last one's index
         slots[RECORDS] = records_before + records
         slots[OFFSET] = block.offset
         slots[LINE] = block.lines_before
@@ -351,27 +352,22 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=None,
             try:
                 records.sort(key=storage.first)
             except TypeError as exc:
-                raise _unsortable(exc) from None
+                raise storage.UnsortableKeys(exc) from None
         else:
             scratch = out_path + ".merge"
             os.makedirs(scratch, exist_ok=True)
-            runs = _sorted_or_raise(lambda: storage.merge_to_fan_in(inputs, memory_limit, scratch))
+            runs = storage.merge_to_fan_in(inputs, memory_limit, scratch)
             records = counted(storage.merged_records(runs, memory_limit))
         with open(out_path, "w", encoding="utf-8", newline="\n", buffering=storage.BLOCK_BYTES) as out:
             write = out.write
-            grouped = storage.group_records(records)
-            while True:
-                try:
-                    key, values = next(grouped)
-                except StopIteration:
-                    break
-                except TypeError as exc:
-                    raise _unsortable(exc) from None
+            for key, values in storage.group_records(records):
                 groups += 1
                 slots[RECORDS] = groups
                 if bad is not None:
                     try:
                         lines = [format_record(out_key, value) for out_key, value in reducer(key, values)]
+                    except storage.UnsortableKeys:
+                        raise  # not this key's fault: skipping it would lose the rest of the merge
                     except Exception as exc:
                         bad.add(user_error("reducer", exc, f"key {shown(key)}"))
                         continue
@@ -382,6 +378,8 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=None,
                     for out_key, value in reducer(key, values):
                         write(format_record(out_key, value))
                         records_out += 1
+                except storage.UnsortableKeys:
+                    raise
                 except Exception as exc:
                     raise user_error("reducer", exc, f"key {shown(key)}") from None
             out.flush()
@@ -394,15 +392,3 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=None,
     counters.add_framework("output records", records_out)
     return TaskStats(records_in=groups, bytes_in=bytes_in, records_out=records_out,
                      seconds=time.monotonic() - started)
-
-
-def _unsortable(exc: TypeError) -> UserCodeError:
-    return UserCodeError(f"keys are not mutually sortable ({exc}); keys of one job must be comparable with "
-                         "each other")
-
-
-def _sorted_or_raise(merge):
-    try:
-        return merge()
-    except TypeError as exc:
-        raise _unsortable(exc) from None
