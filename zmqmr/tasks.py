@@ -17,7 +17,7 @@ from . import counters, storage
 from .errors import UserCodeError
 from .inputs import Block, UndecodableInput, line_offset, read_blocks, read_segment, strip_line_ending
 from .job import Job
-from .mapbuffer import CHECK_EVERY, MapOutput, hashable_key
+from .mapbuffer import CHECK_EVERY, MapOutput, hashable_key, rss_bytes
 from .output import format_record
 from .protocol import DEFAULT_MEMORY_LIMIT, BadRecord, PartFile, Progress, RecordPosition, Segment, TaskStats
 from .usercode import shown, user_error
@@ -347,7 +347,8 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=None,
     os.makedirs(out_dir, exist_ok=True)
     scratch = None
     try:
-        if bytes_in * IN_MEMORY_EXPANSION <= memory_limit:
+        budget = max(memory_limit - rss_bytes(), memory_limit // 4)  # what the process may still add
+        if bytes_in * IN_MEMORY_EXPANSION <= budget:
             records = list(counted(chain.from_iterable(storage.read_run(p) for p in inputs)))
             try:
                 records.sort(key=storage.first)
