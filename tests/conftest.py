@@ -145,9 +145,20 @@ def procs():
     processes.kill_all()
 
 
+def equal_sized(paths: List[str]) -> List[str]:
+    """Pad files with a last line of spaces (no words) to one size, so that `--mappers len(paths)`
+    makes map task k read exactly file k. Returns the paths."""
+    size = max(os.path.getsize(p) for p in paths) + 2
+    for path in paths:
+        with open(path, "ab") as f:
+            f.write(b"\n" + b" " * (size - os.path.getsize(path) - 2) + b"\n")
+    return paths
+
+
 @pytest.fixture
 def corpus(tmp_path):
-    return make_corpus(tmp_path / "input")
+    """Four files of equal size: with --mappers 4, map task k reads file k."""
+    return equal_sized(make_corpus(tmp_path / "input"))
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> subprocess.CompletedProcess:

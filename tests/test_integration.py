@@ -11,9 +11,9 @@ import textwrap
 import msgpack
 import zmq
 
-from zmqmr import status
+from zmqmr import protocol, status
 
-from conftest import (alive, child_pids, counts_of, finish, free_port, make_corpus, read_output,
+from conftest import (alive, child_pids, counts_of, equal_sized, finish, free_port, make_corpus, read_output,
                       sequential_wordcount, wait_for, zmqmr_command)
 
 FAST = ["--heartbeat-interval", "0.2", "--worker-timeout", "2"]
@@ -50,10 +50,12 @@ def test_seed_command_line_with_separate_driver_and_workers(procs, corpus, tmp_p
     port = free_port()
     out, work = tmp_path / "out", tmp_path / "work"
     # Workers may start before their driver; they wait for it. Starting them first also makes
-    # sure both take part, so both must be told to exit.
+    # sure both take part, so both must be told to exit. The job's maps take a second or so
+    # (2 ms a line), longer than a worker takes to reconnect once the driver listens.
     workers = [procs.start(zmqmr_command("worker", "--driver", f"tcp://localhost:{port}")) for _ in range(2)]
     wait_for(lambda: all(child_pids(w.pid) for w in workers), 30, "workers to start")
-    driver = procs.start(zmqmr_command("driver", "--mappers", 4, "--reducers", 2, "--port", port,
+    job = write_job(tmp_path, SLOW_WORDS)
+    driver = procs.start(zmqmr_command("driver", "--mappers", 4, "--reducers", 2, "--port", port, "--job", job,
                                        "--i_path", corpus[0], corpus[1], "--m_path", work, "--o_path", out))
     result = finish(driver)
     assert result.returncode == 0, result.stderr
@@ -173,9 +175,12 @@ def test_garbage_on_the_driver_port_changes_nothing(procs, corpus, tmp_path):
         [b"two", b"frames"],
         [msgpack.packb([1, 2, 3])],
         [msgpack.packb({"v": 99, "t": "hello", "worker": "x", "inc": "y"})],
-        [msgpack.packb({"v": 1, "t": "done", "worker": "ghost", "inc": "1", "attempt": 1})],
-        [msgpack.packb({"v": 1, "t": "request", "worker": 5, "inc": None})],
-        [msgpack.packb({"v": 1, "t": "failed", "worker": "w", "inc": "i", "attempt": -1, "error": {}})],
+        [msgpack.packb({"v": protocol.PROTOCOL_VERSION, "t": "done", "worker": "ghost", "inc": "1", "attempt": 1})],
+        [msgpack.packb({"v": protocol.PROTOCOL_VERSION, "t": "request", "worker": 5, "inc": None})],
+        [msgpack.packb({"v": protocol.PROTOCOL_VERSION, "t": "failed", "worker": "w", "inc": "i", "attempt": -1,
+                        "error": {}})],
+        [msgpack.packb({"v": protocol.PROTOCOL_VERSION, "t": "batch", "worker": "ghost", "inc": "1",
+                        "items": [{"t": "done", "attempt": "x"}, {"t": "hello"}, 7]})],
         [os.urandom(3000)],
     ]
     for message in bad_messages:
@@ -453,7 +458,7 @@ def test_speculation_backs_up_a_straggling_worker(procs, tmp_path):
                    procs.start(zmqmr_command("worker", "--driver", endpoint, "--name", "fast"))]
         wait_for(lambda: all(child_pids(w.pid) for w in workers), 30, "workers to start")
         driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
-                                           "--port", port, "--speculation-min-seconds", 0.5, *extra))
+                                           "--port", port, "--mappers", 6, "--speculation-min-seconds", 0.5, *extra))
         result = finish(driver)
         assert result.returncode == 0, result.stderr
         assert counts_of(out) == sequential_wordcount(corpus)
@@ -484,7 +489,7 @@ def test_a_worker_stopped_early_leaves_the_shared_map_output_alone(procs, tmp_pa
     port, out, work = free_port(), tmp_path / "out", tmp_path / "work"
     endpoint = f"tcp://127.0.0.1:{port}"
     driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
-                                       "--work-dir", work, "--port", port, *FAST))
+                                       "--work-dir", work, "--port", port, "--mappers", 6, *FAST))
     quitter = procs.start(zmqmr_command("worker", "--driver", endpoint))
     stayer = procs.start(zmqmr_command("worker", "--driver", endpoint))
     wait_for(lambda: sum(1 for _ in work.glob("*/map-*/part-*.mpk")) >= 2, 60, "some finished maps")
@@ -535,6 +540,7 @@ def test_a_driver_killed_halfway_resumes_without_redoing_finished_maps(procs, tm
     for path in corpus:  # a first line that tells the mapper a new attempt of this file began
         text = open(path).read()
         open(path, "w").write(f"FIRST {os.path.basename(path)}\n" + text)
+    equal_sized(corpus)  # with --mappers 8, map task k reads exactly file k
     markers = tmp_path / "markers"
     markers.mkdir()
     job = write_job(tmp_path, f"""
@@ -551,7 +557,7 @@ def test_a_driver_killed_halfway_resumes_without_redoing_finished_maps(procs, tm
     port, out, work = free_port(), tmp_path / "out", tmp_path / "work"
     endpoint = f"tcp://127.0.0.1:{port}"
     command = zmqmr_command("driver", "--job", job, "--input", inputs, "--output", out, "--work-dir", work,
-                            "--port", port, "--reducers", 2)
+                            "--port", port, "--reducers", 2, "--mappers", 8)
     driver = procs.start(command)
     workers = [procs.start(zmqmr_command("worker", "--driver", endpoint, "--driver-timeout", 60)) for _ in range(2)]
     journal = work / "journal.zmqmr"

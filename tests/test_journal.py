@@ -28,7 +28,7 @@ def finished(kind="map", index=0, attempt=3) -> FinishedTask:
 @pytest.fixture
 def planned(tmp_path):
     corpus = make_corpus(tmp_path / "input", files=2, lines=20)
-    return new_plan(None, corpus, str(tmp_path / "out"), reducers=2, work_dir=str(tmp_path / "work"))
+    return new_plan(None, corpus, str(tmp_path / "out"), reducers=2, mappers=2, work_dir=str(tmp_path / "work"))
 
 
 def test_round_trip_of_plan_and_finished_tasks(planned, tmp_path):
@@ -74,10 +74,10 @@ def test_another_format_is_refused(planned):
 def test_the_same_command_resumes_and_a_different_job_is_refused(planned, tmp_path):
     Journal(planned.work_dir).start(planned.journal_plan(), 1)
     inputs = [f.key for f in planned.inputs]
-    again = new_plan(None, inputs, planned.output, reducers=2, work_dir=planned.work_dir)
+    again = new_plan(None, inputs, planned.output, reducers=2, mappers=2, work_dir=planned.work_dir)
     assert again.resume is not None and again.job_id == planned.job_id
     with pytest.raises(JournalError, match="holds the journal of another job"):
-        new_plan(None, inputs, planned.output, reducers=3, work_dir=planned.work_dir)
+        new_plan(None, inputs, planned.output, reducers=3, mappers=2, work_dir=planned.work_dir)
 
 
 def test_resume_refuses_changed_input(planned):

@@ -59,16 +59,28 @@ def test_counters_count_only_the_winning_attempt(procs, tmp_path):
 
 
 def test_counters_table_and_counters_json_elsewhere(procs, corpus, tmp_path):
+    """A word count job with a mapper per line: every word is a map output record."""
     out, elsewhere = tmp_path / "out", tmp_path / "counters.json"
-    result = procs.run(zmqmr_command("local", "--workers", 2, "--input", *corpus, "--output", out,
+    job = write_job(tmp_path, """
+        import re
+        def mapper(path, line):
+            for word in re.findall(r"[^\\W\\d_]+", line):
+                yield word, 1
+        def combiner(word, counts):
+            yield word, sum(counts)
+        reducer = combiner
+        """)
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", *corpus, "--output", out,
                                      "--counters-json", elsewhere))
     assert result.returncode == 0, result.stderr
     assert not (out / "_counters.json").exists()
     totals = json.loads(elsewhere.read_text())["zmqmr"]
     words = sum(sequential_wordcount(corpus).values())
+    assert counts_of(out) == sequential_wordcount(corpus)
     assert totals["map output records"] == words
     assert totals["output records"] == len(counts_of(out))
-    assert totals["combine output records"] == totals["spilled records"] == totals["reduce input records"]
+    assert totals["combine input records"] > totals["combine output records"]
+    assert totals["spilled records"] == totals["reduce input records"] < words
     table = result.stderr[result.stderr.index("group  counter"):]
     assert "map output records" in table and f"{words:,}" in table
     assert "input bytes" in table and "lost workers" in table
@@ -81,7 +93,8 @@ def test_quiet_prints_no_progress_and_no_table(procs, corpus, tmp_path):
 
 
 def test_progress_lines_when_not_on_a_terminal(procs, corpus, tmp_path):
-    result = procs.run(zmqmr_command("local", "--workers", 2, "--input", *corpus, "--output", tmp_path / "o"))
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--input", *corpus, "--output", tmp_path / "o",
+                                     "--mappers", 4))
     assert result.returncode == 0
     assert re.search(r"succeeded: maps 4/4, reduces 1/1, \d workers, [\d.]+ MB/s, elapsed 0:\d\d, ETA 0:00",
                      result.stderr)
@@ -98,7 +111,7 @@ def test_failure_is_reported_with_traceback_while_the_job_still_runs(procs, corp
             yield key, sum(values)
         """, name="fragile.py")
     result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", *corpus,
-                                     "--output", tmp_path / "o", "--max-attempts", 3))
+                                     "--output", tmp_path / "o", "--max-attempts", 3, "--mappers", 4))
     assert result.returncode == 1
     err = result.stderr
     first = err.index("map task 1 attempt")
@@ -138,7 +151,7 @@ def test_job_that_fails_to_import_on_workers_stops_after_the_retries(procs, corp
 def test_log_file_with_json_lines(procs, corpus, tmp_path):
     log_file = tmp_path / "job.log"
     result = procs.run(zmqmr_command("local", "--workers", 2, "--input", *corpus, "--output", tmp_path / "o",
-                                     "--log-file", log_file, "--log-json"))
+                                     "--log-file", log_file, "--log-json", "--mappers", 4))
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]
     events = {(line["process"], line.get("event")) for line in lines}

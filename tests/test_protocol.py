@@ -44,14 +44,19 @@ RECORD_SAMPLES = {
 # One instance of every message type, every field set to a non-default value.
 MESSAGE_SAMPLES = {
     "hello": p.Hello(worker="w-1", inc="inc-9", host="node-1", pid=4242, software="zmqmr 0.1"),
-    "request": p.Request(worker="w-1", inc="i", running=(1, 2, 2**62)),
-    "heartbeat": p.Heartbeat(worker="w-1", inc="i", running=(0, 5), progress=(PROGRESS,)),
+    "request": p.Request(worker="w-1", inc="i", running=(1, 2, 2**62), queued=(2,), want=p.MAX_PREFETCH),
+    "heartbeat": p.Heartbeat(worker="w-1", inc="i", running=(0, 5), queued=(5,), progress=(PROGRESS,)),
     "done": p.Done(worker="w-1", inc="i", attempt=17,
                    parts=(PARTFILE, p.PartFile(partition=0, path="/x", size=0)),
                    output="/out/part-00000", stats=TASKSTATS,
                    counters=(COUNTER, p.CounterValue(group="zmqmr", name="input records", value=2**40)),
                    bad_records=(BADRECORD,), bad_count=7),
     "failed": p.Failed(worker="w-1", inc="i", attempt=3, error=TASKERROR, lost=True),
+    "batch": p.Batch(worker="w-1", inc="i", items=(
+        p.Done(worker="w-1", inc="i", attempt=17, kind="map", index=3, job_id="job-1", parts=(PARTFILE,),
+               stats=TASKSTATS, counters=(COUNTER,)),
+        p.Failed(worker="w-1", inc="i", attempt=3, error=TASKERROR, lost=True),
+        p.Request(worker="w-1", inc="i", running=(4, 5), queued=(5,), want=7))),
     "status": p.StatusQuery(what="task", kind="map", index=7),
     "welcome": p.Welcome(job_id="job-1", job=JOBSPEC, reducers=4, heartbeat_interval=0.5,
                          work_dir="/tmp/work"),
@@ -64,6 +69,8 @@ MESSAGE_SAMPLES = {
     "ack": p.Ack(),
     "reregister": p.Reregister(reason="unknown worker"),
     "exit": p.Exit(reason="job over", ok=False),
+    "bundle": p.Bundle(items=(p.Task(job_id="job-1", kind="map", index=2, attempt=9, segments=(SEGMENT,)),
+                              p.Cancel(attempt=5, reason="ran too long"), p.Wait(retry_after=2.5))),
     "status_reply": p.StatusReply(ok=True, data={"tasks": [{"index": 1, "state": "done"}],
                                                  "n": 3, "f": 1.5, "none": None, "flag": False},
                                   error="nothing"),
@@ -76,6 +83,7 @@ MINIMAL_SAMPLES = {
     "heartbeat": p.Heartbeat(worker="w", inc="i"),
     "done": p.Done(worker="w", inc="i", attempt=0),
     "failed": p.Failed(worker="w", inc="i", attempt=0, error=p.TaskError(kind="", message="")),
+    "batch": p.Batch(worker="w", inc="i"),
     "status": p.StatusQuery(what="job"),
     "welcome": p.Welcome(job_id="j", job=p.JobSpec(name="m"), reducers=1, heartbeat_interval=1.0),
     "task": p.Task(job_id="j", kind="reduce", index=0, attempt=0),
@@ -85,6 +93,7 @@ MINIMAL_SAMPLES = {
     "ack": p.Ack(),
     "reregister": p.Reregister(),
     "exit": p.Exit(),
+    "bundle": p.Bundle(),
     "status_reply": p.StatusReply(ok=False),
 }
 
@@ -142,7 +151,7 @@ def test_round_trip(mtype, samples):
 def test_envelope_holds_version_and_type(mtype):
     frame = p.encode(MESSAGE_SAMPLES[mtype])
     version, t, body = p.peek_envelope(frame)
-    assert version == p.PROTOCOL_VERSION == 1
+    assert version == p.PROTOCOL_VERSION == 2
     assert t == mtype
     assert body == body_of(MESSAGE_SAMPLES[mtype])
 
@@ -160,14 +169,14 @@ def test_nested_records_decode_to_records():
 
 
 def test_missing_optional_fields_take_defaults():
-    frame = pack({"v": 1, "t": "done", "worker": "w", "inc": "i", "attempt": 5})
+    frame = pack({"v": p.PROTOCOL_VERSION, "t": "done", "worker": "w", "inc": "i", "attempt": 5})
     done = p.decode(frame, p.TO_DRIVER)
     assert done == p.Done(worker="w", inc="i", attempt=5)
     assert done.parts == () and done.output == "" and done.stats == p.TaskStats()
 
 
 def test_integers_are_accepted_where_floats_are_expected():
-    wait = p.decode(pack({"v": 1, "t": "wait", "retry_after": 3}), p.TO_WORKER)
+    wait = p.decode(pack({"v": p.PROTOCOL_VERSION, "t": "wait", "retry_after": 3}), p.TO_WORKER)
     assert wait.retry_after == 3.0 and isinstance(wait.retry_after, float)
 
 
@@ -179,9 +188,10 @@ def test_unknown_extra_fields_are_ignored():
 
 def test_limits_are_inclusive():
     name = "é" * p.MAX_NAME_LEN  # characters, not bytes
-    assert p.decode(pack({"v": 1, "t": "hello", "worker": name, "inc": "i"}), p.TO_DRIVER).worker == name
-    assert reason_of(pack({"v": 1, "t": "hello", "worker": name + "x", "inc": "i"})) == "schema"
-    top = {"v": 1, "t": "request", "worker": "w", "inc": "i", "running": [p.MAX_ATTEMPT_ID] * 1024}
+    hello = pack({"v": p.PROTOCOL_VERSION, "t": "hello", "worker": name, "inc": "i"})
+    assert p.decode(hello, p.TO_DRIVER).worker == name
+    assert reason_of(pack({"v": p.PROTOCOL_VERSION, "t": "hello", "worker": name + "x", "inc": "i"})) == "schema"
+    top = {"v": p.PROTOCOL_VERSION, "t": "request", "worker": "w", "inc": "i", "running": [p.MAX_ATTEMPT_ID] * 1024}
     assert len(p.decode(pack(top), p.TO_DRIVER).running) == 1024
 
 
@@ -252,7 +262,8 @@ def test_msgpack_non_map_is_malformed(value):
     assert reason_of(pack(value)) == "malformed"
 
 
-@pytest.mark.parametrize("version", [None, 0, 2, -1, 2**64 - 1, "1", b"\x01", [1], {"v": 1}, 1.5])
+@pytest.mark.parametrize("version", [None, 0, 1, p.PROTOCOL_VERSION + 1, -1, 2**64 - 1, "2", b"\x02", [2], {"v": 2},
+                                     1.5])
 def test_wrong_version(version):
     body = body_of(MESSAGE_SAMPLES["hello"])
     body["v"] = version
@@ -266,11 +277,11 @@ def test_missing_version():
 
 
 def test_version_is_checked_before_type():
-    assert reason_of(pack({"v": 2, "t": "no-such-type"})) == "version"
+    assert reason_of(pack({"v": p.PROTOCOL_VERSION + 1, "t": "no-such-type"})) == "version"
 
 
-@pytest.mark.parametrize("version", [True, 1.0], ids=repr)
-def test_version_must_be_the_integer_1(version):
+@pytest.mark.parametrize("version", [True, float(p.PROTOCOL_VERSION)], ids=repr)
+def test_version_must_be_an_integer(version):
     body = body_of(MESSAGE_SAMPLES["hello"])
     body["v"] = version
     assert reason_of(pack(body)) == "version"
@@ -278,17 +289,17 @@ def test_version_must_be_the_integer_1(version):
 
 @pytest.mark.parametrize("mtype", ["", "bogus", "HELLO", "hello ", "status_reply2"])
 def test_unknown_type(mtype):
-    assert reason_of(pack({"v": 1, "t": mtype, "worker": "w", "inc": "i"})) == "unknown_type"
+    assert reason_of(pack({"v": p.PROTOCOL_VERSION, "t": mtype, "worker": "w", "inc": "i"})) == "unknown_type"
 
 
 @pytest.mark.parametrize("mtype", [None, 1, 1.0, True, b"hello", ["hello"], {"hello": 1}],
                          ids=repr)
 def test_non_string_type_is_unknown_type(mtype):
-    assert reason_of(pack({"v": 1, "t": mtype, "worker": "w", "inc": "i"})) == "unknown_type"
+    assert reason_of(pack({"v": p.PROTOCOL_VERSION, "t": mtype, "worker": "w", "inc": "i"})) == "unknown_type"
 
 
 def test_missing_type_is_unknown_type():
-    assert reason_of(pack({"v": 1, "worker": "w", "inc": "i"})) == "unknown_type"
+    assert reason_of(pack({"v": p.PROTOCOL_VERSION, "worker": "w", "inc": "i"})) == "unknown_type"
 
 
 @pytest.mark.parametrize("mtype", sorted(MESSAGE_SAMPLES))
@@ -496,6 +507,8 @@ def _bad_values(chk, depth=0):
         return bad
     if isinstance(chk, p.Plain):
         return []
+    if isinstance(chk, p.Items):  # a bad item is rejected alone (see the batch tests); a bad list is not
+        return ["x", 1, {"a": 1}, None, [{"t": chk.allowed[0]}] * (p.MAX_BATCH_ITEMS + 1)]
     raise AssertionError(chk)
 
 
@@ -603,10 +616,10 @@ def test_deeply_nested_value_raises_protocol_error(field):
         elif field == "v":
             frame = b"\x82\xa1t\xa5hello\xa1v" + deep
         elif field == "running":
-            frame = b"\x85" + pack({"v": 1, "t": "request", "worker": "w", "inc": "i"})[1:]
+            frame = b"\x85" + pack({"v": p.PROTOCOL_VERSION, "t": "request", "worker": "w", "inc": "i"})[1:]
             frame += pack("running") + deep
         else:
-            frame = b"\x86" + pack({"v": 1, "t": "failed", "worker": "w", "inc": "i",
+            frame = b"\x86" + pack({"v": p.PROTOCOL_VERSION, "t": "failed", "worker": "w", "inc": "i",
                                      "attempt": 1})[1:]
             frame += pack("error") + b"\x82" + pack("message") + pack("") + pack("kind") + deep
         with pytest.raises(ProtocolError):
@@ -655,6 +668,10 @@ def _near_values(chk):
         return _record_body(chk.record)
     if isinstance(chk, p.Plain):
         return ANY_VALUE
+    if isinstance(chk, p.Items):
+        return st.lists(st.sampled_from(chk.allowed).flatmap(
+            lambda t: _record_body(p.TO_DRIVER.get(t) or p.TO_WORKER[t]).map(lambda body: {**body, "t": t})),
+            max_size=3)
     raise AssertionError(chk)
 
 
@@ -684,6 +701,10 @@ def _check_decodes_or_refuses(frame, allowed, expected_cls=None):
     assert message.TYPE in allowed and type(message) is allowed[message.TYPE]
     if expected_cls is not None:
         assert type(message) is expected_cls
+    rejected = [i for i in getattr(message, "items", ()) if isinstance(i, p.Rejected)]
+    if rejected:  # a bad item of a batch is dropped alone, with a reason; it is never sent on
+        assert all(r.reason in {"schema", "unknown_type"} and r.detail for r in rejected)
+        return message
     # whatever decodes must encode to something that decodes to the same thing
     again = p.encode(message)
     assert p.encode(p.decode(again, allowed)) == again
@@ -740,3 +761,61 @@ def test_typed_bodies_with_random_fields_decode_right_or_raise_protocol_error(ty
             got = getattr(message, name)
             if isinstance(got, float):
                 assert got == value or (math.isnan(got) and math.isnan(value))
+
+
+# --- batches and bundles --------------------------------------------------------------
+
+DONE_ITEM = p.Done(worker="w-1", inc="i", attempt=17, kind="map", index=3, job_id="job-1", parts=(PARTFILE,),
+                   stats=TASKSTATS, counters=(COUNTER,))
+
+
+def test_a_spliced_batch_is_the_batch_encode_makes():
+    items = MESSAGE_SAMPLES["batch"].items
+    frame = p.batch_frame("w-1", "i", [p.encode_item(m) for m in items])
+    assert p.decode(frame, p.TO_DRIVER) == MESSAGE_SAMPLES["batch"]
+    assert p.decode(p.encode(MESSAGE_SAMPLES["batch"]), p.TO_DRIVER) == MESSAGE_SAMPLES["batch"]
+    bundle = p.bundle_frame([p.encode_item(m) for m in MESSAGE_SAMPLES["bundle"].items])
+    assert p.decode(bundle, p.TO_WORKER) == MESSAGE_SAMPLES["bundle"]
+
+
+def test_batch_items_take_the_batchs_identity_whatever_they_say():
+    item = msgpack.unpackb(p.encode_item(DONE_ITEM))
+    assert "worker" not in item and "inc" not in item
+    body = {"v": p.PROTOCOL_VERSION, "t": "batch", "worker": "real", "inc": "r1",
+            "items": [{**item, "worker": "forged", "inc": "f"}]}
+    (done,) = p.decode(pack(body), p.TO_DRIVER).items
+    assert (done.worker, done.inc) == ("real", "r1")
+
+
+def test_a_bad_item_is_rejected_alone_keeping_its_attempt():
+    good = msgpack.unpackb(p.encode_item(DONE_ITEM))
+    body = {"v": p.PROTOCOL_VERSION, "t": "batch", "worker": "w", "inc": "i",
+            "items": [{**good, "counters": [{"group": "g", "name": "", "value": 1}]},
+                      {"t": "hello", "attempt": 4}, good, "junk", {**good, "attempt": -1},
+                      {"t": "request", "want": p.MAX_PREFETCH + 1}]}
+    bad_counter, wrong_type, done, junk, bad_attempt, greedy = p.decode(pack(body), p.TO_DRIVER).items
+    assert isinstance(bad_counter, p.Rejected) and bad_counter.reason == "schema"
+    assert bad_counter.attempt == 17 and "counters[0].name" in bad_counter.detail
+    assert isinstance(wrong_type, p.Rejected) and wrong_type.reason == "unknown_type"
+    assert done == p.Done(**{**dataclasses.asdict(DONE_ITEM), "worker": "w", "inc": "i", "parts": (PARTFILE,),
+                             "stats": TASKSTATS, "counters": (COUNTER,)})
+    assert isinstance(junk, p.Rejected) and junk.attempt is None
+    assert isinstance(bad_attempt, p.Rejected) and bad_attempt.attempt is None
+    assert isinstance(greedy, p.Rejected) and "want" in greedy.detail
+
+
+def test_items_leave_out_fields_at_their_defaults():
+    assert msgpack.unpackb(p.encode_item(p.Task(job_id="j", kind="map", index=1, attempt=2))) == \
+        {"t": "task", "job_id": "j", "kind": "map", "index": 1, "attempt": 2}
+
+
+def test_a_batch_or_bundle_too_large_is_refused_when_made():
+    with pytest.raises(ProtocolError) as info:
+        p.batch_frame("w", "i", [b"\xc0" * (p.MAX_MESSAGE_BYTES // 2)] * 3)
+    assert info.value.reason == "too_large"
+
+
+def test_a_compiled_check_agrees_with_the_generic_one_on_every_sample():
+    for record, sample in RECORD_SAMPLES.items():
+        body = p.to_fields(sample)
+        assert p._build(record, body) == p._build_checked(record, body) == sample

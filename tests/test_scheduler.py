@@ -903,6 +903,7 @@ class ModelWorker:
         self.inc = inc
         self.last_seen = now
         self.running: Set[int] = set()
+        self.queued: Set[int] = set()  # held attempts not known to have started
         self.waiting = False
         self.told = False
         self.failed_tasks: Set[Tuple[str, int]] = set()  # distinct tasks that failed on this process
@@ -972,10 +973,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.task_of: Dict[int, Tuple[str, int]] = {}  # every attempt ever assigned
         # The reference model.
         self.m_workers: Dict[str, ModelWorker] = {}
-        self.m_live: Dict[int, Tuple[Tuple[str, int], str, float]] = {}  # attempt -> (task, worker, started)
+        self.m_live: Dict[int, Tuple[Tuple[str, int], str, Optional[float]]] = {}  # attempt -> (task, worker, started)
+        self.m_assigned: Dict[int, float] = {}
         self.m_finished: Set[Tuple[str, int]] = set()
         self.m_finished_at: Dict[Tuple[str, int], float] = {}
-        self.m_started: Dict[Tuple[str, int], float] = {}  # when the task last left READY
+        self.m_started: Dict[Tuple[str, int], Optional[float]] = {}  # when the task's attempt last started
         self.m_outputs: Dict[int, str] = {}
         self.m_failures: Counter = Counter()
         self.m_losses: Counter = Counter()
@@ -1035,9 +1037,24 @@ class SchedulerMachine(RuleBasedStateMachine):
         for key in self.s.tasks:
             live = self.m_live_of(key)
             if key[0] == phase and len(live) == 1 and self.m_live[live[0]][1] != name \
-                    and self.now - self.m_started[key] > threshold:
+                    and self.m_started[key] is not None and self.now - self.m_started[key] > threshold:
                 out[key] = self.m_started[key]
         return out
+
+    def m_start(self, w: ModelWorker, attempt: int) -> None:
+        """The attempt has started on its worker by now (it said so, or reported progress)."""
+        w.queued.discard(attempt)
+        live = self.m_live.get(attempt)
+        if live is None or live[2] is not None:
+            return
+        event("a queued attempt started")
+        self.m_live[attempt] = (live[0], live[1], self.now)
+        if self.m_live_of(live[0])[0] == attempt and self.m_started[live[0]] is None:
+            self.m_started[live[0]] = self.now
+
+    def m_note_started(self, w: ModelWorker, queued) -> None:
+        for attempt in sorted(w.queued - set(queued)):
+            self.m_start(w, attempt)
 
     def m_wake(self) -> list:
         out = []
@@ -1111,6 +1128,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         w = self.m_workers[name]
         key = self.m_live[attempt][0]
         w.running.discard(attempt)
+        w.queued.discard(attempt)
         w.failed_tasks.add(key)
         report = [("AttemptFailed", key, attempt, name, lost, error_kind, location)]
         if lost:
@@ -1165,9 +1183,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             w.told, w.waiting = True, False
             return [("Exit", msg.worker)], None
         if isinstance(msg, Heartbeat):
+            self.m_note_started(w, msg.queued)
             for p in msg.progress:
                 live = self.m_live.get(p.attempt)
                 if live is not None and live[1] == msg.worker:
+                    self.m_start(w, p.attempt)
                     if p.attempt == self.m_live_of(live[0])[0]:  # the task shows its original's progress
                         self.m_progress[live[0]] = (p.records, p.location)
                     self.m_attempt_location[p.attempt] = p.location
@@ -1177,18 +1197,29 @@ class SchedulerMachine(RuleBasedStateMachine):
             for attempt in sorted(w.running - set(msg.running)):
                 event("lost in transit")
                 w.running.discard(attempt)
+                w.queued.discard(attempt)
                 out += self.m_requeue(attempt)
+            self.m_note_started(w, msg.queued)
             w.waiting = False
+            if msg.want == 0:
+                event("a request for nothing")
+                return out, None
             if msg.worker in self.m_blacklist:
                 event("a blacklisted worker asks")
                 return out + [("Wait", msg.worker, self.cfg.retry_after)], None
             if not self.m_ready():
-                stragglers = self.m_stragglers(msg.worker)
+                stragglers = {} if w.running else self.m_stragglers(msg.worker)
                 if stragglers:
                     return out, stragglers
+                if w.running:
+                    event("a busy worker finds nothing READY")
                 w.waiting = True
                 return out + [("Wait", msg.worker, self.cfg.retry_after)], None
-            return out, "ready"
+            usable = sum(1 for n in self.m_workers if n not in self.m_blacklist)
+            grant = min(msg.want, -(-len(self.m_ready()) // usable))
+            if grant > 1:
+                event("several tasks in one answer")
+            return out, ("ready", grant)
         # Done or Failed
         live = self.m_live.get(msg.attempt)
         if live is None or live[1] != msg.worker:
@@ -1203,12 +1234,18 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.m_dropped["bad_completion"] += 1
             return self.m_attempt_failed(msg.worker, msg.attempt, "ProtocolError", "", False), None
         w.running.discard(msg.attempt)
-        del self.m_live[msg.attempt]
+        w.queued.discard(msg.attempt)
+        started = self.m_live.pop(msg.attempt)[2]
+        if self.m_started[key] is None:
+            event("finished without a known start")
+            self.m_started[key] = started if started is not None else \
+                max(self.m_assigned[msg.attempt], self.now - msg.stats.seconds)
         out = []
         for other in self.m_live_of(key):  # the first to finish wins; the other attempt is cancelled
             event("the slower attempt is cancelled")
             owner = self.m_live.pop(other)[1]
             self.m_workers[owner].running.discard(other)
+            self.m_workers[owner].queued.discard(other)
             out.append(("Cancel", owner, other, key))
         self.m_finished.add(key)
         self.m_finished_at[key] = self.now
@@ -1231,7 +1268,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         timeout = self.cfg.task_timeout
         if timeout is None or self.m_terminal():
             return out
-        for attempt in sorted(a for a, (_, _, t0) in self.m_live.items() if t0 + timeout <= self.now):
+        overdue = [a for a, (_, _, t0) in self.m_live.items() if t0 is not None and t0 + timeout <= self.now]
+        for attempt in sorted(overdue):
             if self.m_terminal():
                 break
             event("task timeout")
@@ -1249,9 +1287,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert others == expected, (actual, expected)
         if was_terminal or self.m_terminal():
             assert got_assigns == [], "an Assign after the job ended"
-        assert len(got_assigns) == (1 if expect_assign else 0), (actual, expect_assign)
+        assert len(got_assigns) == expect_assign, (actual, expect_assign)
         if got_assigns:
-            assert actual[-1] is got_assigns[0], "the Assign comes last"
+            assert actual[-len(got_assigns):] == got_assigns, "the Assigns come last"
         return got_assigns
 
     def observe(self, actual, msg):
@@ -1273,17 +1311,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         maps_finished_before = self.m_maps_done()
         actual = self.s.on_message(msg, self.now)
         expected, expect = self.m_message(msg)
-        for a in self.check_actions(actual, expected, expect is not None, was_terminal):
+        count = 0 if expect is None else expect[1] if isinstance(expect, tuple) else 1
+        idle = msg.worker in self.m_workers and not self.m_workers[msg.worker].running
+        for n, a in enumerate(self.check_actions(actual, expected, count, was_terminal)):
             key = (a.kind, a.index)
             assert a.worker == msg.worker
             assert a.attempt not in self.task_of, "attempt numbers are never reused"
-            if expect == "ready":
+            starts = idle and n == 0  # an idle worker starts its first task at once; the rest wait in its queue
+            if isinstance(expect, tuple):
                 assert key in set(self.m_ready()) | ready_before, f"{key} was not READY"
                 event(f"assigned a {a.kind}")
                 if a.kind == REDUCE:
                     assert maps_finished_before and self.m_maps_done(), "reduce assigned before every map finished"
                     assert all(self.s.tasks[(MAP, i)].state == TaskState.FINISHED for i in range(self.nm))
-                self.m_started[key] = self.now
+                self.m_started[key] = self.now if starts else None
                 self.m_progress[key] = (0, "")
             else:
                 assert key in expect, f"backup of {key}, which is no straggler: {expect}"
@@ -1291,14 +1332,18 @@ class SchedulerMachine(RuleBasedStateMachine):
                 event(f"backup of a {a.kind}")
                 self.m_backups += 1
             self.task_of[a.attempt] = key
-            self.m_live[a.attempt] = (key, msg.worker, self.now)
+            self.m_live[a.attempt] = (key, msg.worker, self.now if starts else None)
+            self.m_assigned[a.attempt] = self.now
             self.m_attempts[key] += 1
             self.m_workers[msg.worker].running.add(a.attempt)
+            if not starts:
+                self.m_workers[msg.worker].queued.add(a.attempt)
             if deliver:
                 self.held[msg.worker].add(a.attempt)
             else:  # the driver could not send it
                 event("undeliverable")
                 self.m_workers[msg.worker].running.discard(a.attempt)
+                self.m_workers[msg.worker].queued.discard(a.attempt)
                 expected = self.m_requeue(a.attempt)
                 again = self.s.assignment_undeliverable(a.attempt, self.now)
                 assert [norm(x) for x in again] == expected
@@ -1343,14 +1388,21 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.send(Hello(worker=name, inc=inc))
 
     @precondition(lambda self: self.lively() and self.started())
-    @rule(data=st.data(), deliver=st.sampled_from([True, True, True, False]), forget=st.booleans())
-    def request(self, data, deliver, forget):
+    @rule(data=st.data(), deliver=st.sampled_from([True, True, True, False]), forget=st.booleans(),
+          want=st.sampled_from([1, 1, 2, 3, 0]))
+    def request(self, data, deliver, forget, want):
         name = data.draw(st.sampled_from(self.started()), label="worker")
         if forget and self.held[name]:
             # A Task message that never arrived: the worker does not hold it.
             lost = data.draw(st.sampled_from(sorted(self.held[name])), label="lost in transit")
             self.held[name].discard(lost)
-        self.send(Request(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name]))), deliver)
+        self.send(Request(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name])),
+                          queued=self.draw_queued(data, name), want=want), deliver)
+
+    def draw_queued(self, data, name) -> Tuple[int, ...]:
+        """Which held attempts the fake worker says have not started yet."""
+        return tuple(data.draw(st.sets(st.sampled_from(sorted(self.held[name]))), label="queued")
+                     if self.held[name] else ())
 
     @precondition(lambda self: self.lively() and self.started())
     @rule(data=st.data())
@@ -1364,7 +1416,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 progress.append(Progress(attempt=attempt, records=records, location=f"a{attempt} line {records}",
                                          position=position))
         self.send(Heartbeat(worker=name, inc=self.proc_inc[name], running=tuple(sorted(self.held[name])),
-                            progress=tuple(progress)))
+                            queued=self.draw_queued(data, name), progress=tuple(progress)))
 
     def done_message(self, name, inc, attempt, data, bad=False):
         kind, index = self.task_of[attempt]
@@ -1458,7 +1510,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         was_terminal = self.m_terminal()
         actual = self.s.on_tick(self.now)
         expected = self.m_tick()
-        self.check_actions(actual, expected, False, was_terminal)
+        self.check_actions(actual, expected, 0, was_terminal)
         self.observe(actual, None)
         self.after_step()
 
@@ -1472,7 +1524,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         else:
             actual = self.s.commit_failed("disk full", self.now)
             expected = self.m_fail(("job", 0), None)
-        self.check_actions(actual, expected, False, False)
+        self.check_actions(actual, expected, 0, False)
         self.after_step()
 
     # --- invariants ------------------------------------------------------------------
@@ -1628,8 +1680,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def deadlines_and_stopping(self):
         deadlines = [w.last_seen + self.cfg.worker_timeout for w in self.m_workers.values()]
-        if self.cfg.task_timeout is not None and self.m_live and not self.m_terminal():
-            deadlines.append(min(t for _, _, t in self.m_live.values()) + self.cfg.task_timeout)
+        if self.cfg.task_timeout is not None and not self.m_terminal():
+            started = [t for _, _, t in self.m_live.values() if t is not None]
+            if started:
+                deadlines.append(min(started) + self.cfg.task_timeout)
         if self.m_exit_deadline is not None:
             deadlines.append(self.m_exit_deadline)
         assert self.s.next_deadline() == (min(deadlines) if deadlines else None)
@@ -2083,3 +2137,89 @@ def test_a_finished_attempts_report_sent_again_is_ignored_not_cancelled():
                    parts=(PartFile(partition=0, path="m1-a9"),))
     sim.send(foreign)
     assert sim.state(MAP, 1) == TaskState.READY  # never adopted from another job
+
+
+# --- prefetch: several tasks per request, and attempts queued on a worker ---------------
+
+
+def test_a_request_for_several_tasks_gets_at_most_a_fair_share_of_what_is_ready():
+    sim = Sim(10, 1)
+    sim.hello("a")
+    sim.hello("b")
+    got = assigns(sim.send(Request(worker="a", inc="1", want=8)))
+    assert len(got) == 5  # ten READY maps, two workers
+    assert [a.attempt for a in got] == sorted(a.attempt for a in got)
+    more = assigns(sim.send(Request(worker="b", inc="1", want=2)))
+    assert len(more) == 2
+    assert {(a.kind, a.index) for a in got + more} == {(MAP, i) for i in range(7)}
+
+
+def test_a_request_for_nothing_is_not_answered_but_still_reports_what_is_held():
+    sim = Sim(2, 1)
+    sim.hello("w")
+    first = sim.assign("w")
+    assert sim.send(Request(worker="w", inc="1", running=(first.attempt,), want=0)) == []
+    assert not sim.s.workers["w"].waiting
+    actions = sim.send(Request(worker="w", inc="1", running=(), want=0))  # the attempt never arrived
+    assert assigns(actions) == [] and sim.state(MAP, first.index) == TaskState.READY
+
+
+def test_queued_attempts_neither_time_out_nor_straggle_until_they_start():
+    sim = Sim(3, 1, task_timeout=5.0, speculation=True, speculation_min_seconds=1.0)
+    sim.hello("w")
+    running, queued = assigns(sim.send(Request(worker="w", inc="1", want=2)))
+    record = sim.s.attempts[queued.attempt]
+    assert sim.s.attempts[running.attempt].started_at == 0.0 and record.started_at is None
+    assert sim.s.tasks[(MAP, queued.index)].started_at is None
+    sim.now = 4.0
+    sim.heartbeat("w")  # lists both as running, neither as queued: both have started by now
+    assert record.started_at == 4.0 and sim.s.tasks[(MAP, queued.index)].started_at == 4.0
+    sim.send(Heartbeat(worker="w", inc="1", running=(running.attempt, queued.attempt)))
+    assert sim.s.next_deadline() == 5.0  # the first attempt's timeout, then the second's at 9.0
+    timed_out = sim.tick(5.0)
+    assert sent(timed_out, Cancel) == ["w"] and running.attempt not in sim.s.attempts
+    assert queued.attempt in sim.s.attempts and sim.s.next_deadline() == 9.0
+
+
+def test_a_worker_says_which_held_attempts_wait_in_its_queue():
+    sim = Sim(3, 1, task_timeout=5.0)
+    sim.hello("w")
+    first, second = assigns(sim.send(Request(worker="w", inc="1", want=2)))
+    sim.now = 3.0
+    sim.send(Heartbeat(worker="w", inc="1", running=(first.attempt, second.attempt), queued=(second.attempt,)))
+    assert sim.s.attempts[second.attempt].started_at is None
+    sim.now = 6.0
+    sim.send(Heartbeat(worker="w", inc="1", running=(first.attempt, second.attempt), queued=(second.attempt,),
+                       progress=(Progress(attempt=second.attempt, records=3),)))
+    assert sim.s.attempts[second.attempt].started_at == 6.0  # its progress says it runs
+
+
+def test_an_attempt_finished_before_it_was_seen_to_start_counts_its_own_run_time():
+    sim = Sim(2, 1)
+    sim.hello("w")
+    first, second = assigns(sim.send(Request(worker="w", inc="1", want=2)))
+    sim.now = 10.0
+    sim.done("w", first.attempt)
+    sim.held["w"].discard(second.attempt)
+    sim.send(Done(worker="w", inc="1", attempt=second.attempt, parts=(), stats=TaskStats(seconds=2.5)))
+    task = sim.s.tasks[(MAP, second.index)]
+    assert task.started_at == 7.5 and task.finished_at == 10.0
+    assert sim.s.task_status(MAP, second.index, 10.0)["seconds"] == 2.5
+
+
+def test_a_busy_worker_gets_no_backup_and_an_idle_one_does():
+    sim = Sim(3, 1, speculation=True, speculation_min_seconds=1.0, speculation_factor=1.0)
+    sim.hello("slow")
+    sim.hello("fast")
+    straggler = sim.assign("slow")
+    a = sim.assign("fast")
+    b = sim.assign("fast")
+    sim.now = 1.0
+    sim.done("fast", a.attempt)  # ran 1 s
+    sim.now = 5.0
+    sim.heartbeat("slow")
+    sim.heartbeat("fast")
+    assert sent(sim.request("fast"), Wait) == ["fast"]  # it still holds b
+    sim.done("fast", b.attempt)
+    backup = assigns(sim.request("fast"))
+    assert [(x.kind, x.index) for x in backup] == [(MAP, straggler.index)]

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -26,12 +27,15 @@ from .output import SUCCESS, OutputDir
 from .plan import JobPlan
 from .monitor import SNAPSHOT_INTERVAL, Monitor, failure_report, print_counters, split_bytes
 from .progress import start_progress
-from .scheduler import (MAP, REDUCE, Assign, AttemptFailed, CommitOutput, Greet, JobFailure, JobFinished, JobState,
-                        Scheduler, SchedulerConfig, Send, TaskFinished)
+from .scheduler import (MAP, REDUCE, TERMINAL, Assign, AttemptFailed, CommitOutput, Greet, JobFailure, JobFinished,
+                        JobState, Scheduler, SchedulerConfig, Send, TaskFinished)
 
 log = logging.getLogger("zmqmr.driver")
 
 MAX_MESSAGES_PER_ROUND = 1000
+BUNDLE_HEAD_BYTES = 64  # a bundle's own bytes besides its items
+HEALTH_CHECK_INTERVAL = 0.2
+_WELCOME = object()  # in a worker's outgoing messages: the job's Welcome frame goes here
 MAX_POLL_SECONDS = 1.0
 BAD_MESSAGE_LOG_INTERVAL = 10.0
 COUNTERS_FILE = "_counters.json"
@@ -80,6 +84,7 @@ class Driver:
         self.scheduler = Scheduler(len(plan.splits), plan.reducers, config)
         self.scheduler.job_id = plan.job_id
         self.output = OutputDir(plan.output, plan.job_id)
+        self.splits = [tuple(split) for split in plan.splits]
         self.routes: Dict[str, bytes] = {}
         self.bad = BadMessageLog()
         self.monitor = Monitor(self.scheduler, plan.job_id, plan.job.name, self.output.path,
@@ -162,11 +167,13 @@ class Driver:
         if self.settings.progress:
             self.progress = start_progress(sys.stderr)
             self.monitor.listeners.append(self.progress.update)
-        longest_poll = SNAPSHOT_INTERVAL if self.monitor.listeners or self.status_server else MAX_POLL_SECONDS
+        watched = bool(self.monitor.listeners or self.status_server)
+        longest_poll = SNAPSHOT_INTERVAL if watched else MAX_POLL_SECONDS
         try:
             now = time.monotonic()
             self._open_journal(now)
             self.monitor.refresh(now, force=True)
+            checked_health = now
             while not self.scheduler.can_stop(now):
                 deadline = self.scheduler.next_deadline()
                 timeout = longest_poll if deadline is None else min(max(deadline - now, 0.0), longest_poll)
@@ -174,12 +181,17 @@ class Driver:
                     self._drain()
                 now = time.monotonic()
                 self._carry_out(self.scheduler.on_tick(now), now)
-                for check in self.health_checks:
-                    problem = check()
-                    if problem:
-                        self._carry_out(self.scheduler.abort(problem, now), now)
+                if now - checked_health >= HEALTH_CHECK_INTERVAL or self.scheduler.state in TERMINAL:
+                    checked_health = now
+                    for check in self.health_checks:
+                        problem = check()
+                        if problem:
+                            self._carry_out(self.scheduler.abort(problem, now), now)
+                if self.journal is not None:
+                    self.journal.sync()
                 self._forget_routes()
-                self.monitor.refresh(now)
+                if watched:  # nobody reads snapshots otherwise; a status query builds its own
+                    self.monitor.refresh(now)
         except KeyboardInterrupt:
             self.interrupted = True
             self._tell_everyone(protocol.Exit(reason="the driver was interrupted", ok=False))
@@ -276,11 +288,30 @@ class Driver:
         if isinstance(message, protocol.StatusQuery):
             self._send_frame(route, protocol.encode(self._status(message, now)))
             return
-        actions = self.scheduler.on_message(message, now)
+        if isinstance(message, protocol.Batch):
+            actions = []
+            for item in message.items:
+                if isinstance(item, protocol.Rejected):
+                    item = self._rejected(item, now)
+                    if item is None:
+                        continue
+                actions += self.scheduler.on_message(item, now)
+        else:
+            actions = self.scheduler.on_message(message, now)
         self._carry_out(actions, now, sender=(message.worker, route))
         registered = self.scheduler.workers.get(message.worker)
         if registered is not None and registered.inc == message.inc:  # not a replaced process's route
             self.routes[message.worker] = route
+
+    def _rejected(self, item: protocol.Rejected, now: float) -> Optional[protocol.Failed]:
+        """A batch item that failed validation is dropped and counted. If it was an attempt's report,
+        the attempt fails: otherwise the task would wait for a report that can never arrive."""
+        self.bad.record(item.reason, item.detail, now)
+        if item.attempt is None:
+            return None
+        error = protocol.TaskError(kind="ProtocolError", host="",
+                                   message=f"the attempt's report was refused: {item.detail}"[:protocol.MAX_TEXT_LEN])
+        return protocol.Failed(worker=item.worker, inc=item.inc, attempt=item.attempt, error=error)
 
     def _refuse_bad_hello(self, route: bytes, body: bytes, error: ProtocolError) -> None:
         """A worker whose hello is refused is told why, rather than left waiting for a driver."""
@@ -299,24 +330,19 @@ class Driver:
     # --- acting ---------------------------------------------------------------------------
 
     def _carry_out(self, actions, now: float, sender: Tuple[str, bytes] = ("", b"")) -> None:
-        pending = list(actions)
+        """Carry out the actions; what goes to one worker leaves in as few frames as it can."""
+        pending = deque(actions)
+        outgoing: Dict[str, List] = {}  # worker -> messages (and the Welcome marker), in order
         while pending:
-            action = pending.pop(0)
+            action = pending.popleft()
             if isinstance(action, Send):
-                self._send_to(action.worker, protocol.encode(action.message), sender)
+                outgoing.setdefault(action.worker, []).append(action.message)
             elif isinstance(action, Assign):
-                try:
-                    frame = self._task_frame(action)
-                except ProtocolError as exc:
-                    pending += self.scheduler.abort(f"{action.kind} task {action.index} cannot be sent to a "
-                                                    f"worker ({exc}); use more --mappers", now)
-                    continue
                 if self.journal is not None:
                     self.journal.reserve(action.attempt + 1)
-                if not self._send_to(action.worker, frame, sender):
-                    pending += self.scheduler.assignment_undeliverable(action.attempt, now)
+                outgoing.setdefault(action.worker, []).append(action)
             elif isinstance(action, Greet):
-                self._send_to(action.worker, self.welcome_frame, sender)
+                outgoing.setdefault(action.worker, []).append(_WELCOME)
             elif isinstance(action, CommitOutput):
                 pending += self._commit(action, now)
             elif isinstance(action, JobFinished):
@@ -325,6 +351,59 @@ class Driver:
                 self.monitor.attempt_failed(action)
             elif isinstance(action, TaskFinished) and self.journal is not None:
                 self.journal.finished(self._finished_record(action))
+            if not pending and outgoing:
+                for worker, messages in outgoing.items():
+                    pending += self._deliver(worker, messages, sender, now)
+                outgoing = {}
+
+    def _deliver(self, worker: str, messages: List, sender: Tuple[str, bytes], now: float) -> List:
+        """Send one worker's messages in order: the Welcome alone, the rest as one frame (a bundle
+        when there are several). Returns what the scheduler says of tasks that could not be sent."""
+        actions: List = []
+        group: List[Tuple[protocol.Message, Optional[Assign]]] = []
+        for message in messages:
+            if message is _WELCOME:
+                actions += self._send_group(worker, group, sender, now)
+                group = []
+                self._send_to(worker, self.welcome_frame, sender)
+            elif isinstance(message, Assign):
+                group.append((self._task_message(message), message))
+            else:
+                group.append((message, None))
+        return actions + self._send_group(worker, group, sender, now)
+
+    def _send_group(self, worker: str, group: List[Tuple[protocol.Message, Optional[Assign]]],
+                    sender: Tuple[str, bytes], now: float) -> List:
+        actions: List = []
+        encoded: List[Tuple[bytes, Optional[Assign]]] = []
+        for message, assign in group:
+            try:
+                item = protocol.encode(message) if len(group) == 1 else protocol.encode_item(message)
+                if len(item) > protocol.MAX_MESSAGE_BYTES - BUNDLE_HEAD_BYTES:
+                    raise ProtocolError("too_large", f"{len(item)} bytes")
+            except ProtocolError as exc:
+                if assign is not None:
+                    actions += self.scheduler.abort(f"{assign.kind} task {assign.index} cannot be sent to a "
+                                                    f"worker ({exc}); use more --mappers", now)
+                else:
+                    log.error("could not send a %s message to %s: %s", message.TYPE, worker, exc)
+                continue
+            encoded.append((item, assign))
+        chunks: List[List[Tuple[bytes, Optional[Assign]]]] = []
+        size = protocol.MAX_MESSAGE_BYTES
+        for item, assign in encoded:  # bundles stay below the frame limit
+            if size + len(item) > protocol.MAX_MESSAGE_BYTES - BUNDLE_HEAD_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append((item, assign))
+            size += len(item)
+        for chunk in chunks:
+            frame = chunk[0][0] if len(group) == 1 else protocol.bundle_frame([item for item, _ in chunk])
+            if not self._send_to(worker, frame, sender):
+                for _, assign in chunk:
+                    if assign is not None:
+                        actions += self.scheduler.assignment_undeliverable(assign.attempt, now)
+        return actions
 
     def _finished_record(self, action: TaskFinished) -> FinishedTask:
         task = self.scheduler.tasks[(action.kind, action.index)]
@@ -355,16 +434,14 @@ class Driver:
         if len(self.routes) > len(self.scheduler.workers):
             self.routes = {n: r for n, r in self.routes.items() if n in self.scheduler.workers}
 
-    def _task_frame(self, action: Assign) -> bytes:
+    def _task_message(self, action: Assign) -> protocol.Task:
         if action.kind == MAP:
-            skip = tuple(sorted(self.scheduler.tasks[(MAP, action.index)].skip, key=lambda p: (p.segment, p.offset)))
-            task = protocol.Task(job_id=self.plan.job_id, kind=MAP, index=action.index, attempt=action.attempt,
-                                 segments=tuple(self.plan.splits[action.index]), skip=skip)
-        else:
-            task = protocol.Task(job_id=self.plan.job_id, kind=REDUCE, index=action.index, attempt=action.attempt,
-                                 inputs=tuple(self._reduce_inputs()[action.index]),
-                                 output_dir=self.output.temp_dir)
-        return protocol.encode(task)
+            skip = self.scheduler.tasks[(MAP, action.index)].skip
+            return protocol.Task(job_id=self.plan.job_id, kind=MAP, index=action.index, attempt=action.attempt,
+                                 segments=self.splits[action.index],
+                                 skip=tuple(sorted(skip, key=lambda p: (p.segment, p.offset))) if skip else ())
+        return protocol.Task(job_id=self.plan.job_id, kind=REDUCE, index=action.index, attempt=action.attempt,
+                             inputs=tuple(self._reduce_inputs()[action.index]), output_dir=self.output.temp_dir)
 
     def _reduce_inputs(self) -> List[List[str]]:
         """Map output files per partition; built once, as finished map tasks never change."""
@@ -386,6 +463,8 @@ class Driver:
                 json.dumps({"task": f"{kind} {index}", **protocol.to_fields(record)}, ensure_ascii=False) + "\n"
                 for (kind, index), record in bad)
         try:
+            if self.journal is not None:
+                self.journal.sync()
             self.output.commit(action.reduce_outputs, extra)
         except (OSError, OutputError) as exc:
             return self.scheduler.commit_failed(f"could not commit the output: {exc}", now)

@@ -2,7 +2,8 @@
 
 A CPU-bound mapper cannot starve the worker's heartbeats, and a mapper that kills its
 process (os._exit, a segfault, the OOM killer) costs one attempt, not the worker. The
-worker talks to it over a pipe with protocol-encoded messages.
+worker talks to it over a pipe: batches of tasks one way, their reports (already encoded as
+items of the worker's next batch to the driver) the other.
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ import multiprocessing
 import os
 import signal
 import socket
-from typing import Optional
-
-import msgpack
+import time
+from typing import Dict, List, Optional, Tuple
 
 from . import counters, protocol
-from .errors import JobLoadError, ProtocolError, UserCodeError
-from .job import load_job
+from .errors import JobLoadError, UserCodeError
+from .job import Job, load_job
 from .procutil import describe_exit, die_with_parent
 from .tasks import (ATTEMPT, IN_BLOCK, LINE, OFFSET, PROGRESS_SLOTS, RECORDS, SEGMENT, BadRecords, NoProgress,
                     progress_of, run_map, run_reduce)
 from .usercode import user_traceback
+
+
+_HOST = socket.gethostname()
+REPORT_FLUSH_SECONDS = 0.02  # a batch's finished reports go back at least this often
+MAX_REPORT_BYTES = protocol.MAX_MESSAGE_BYTES - 64 * 1024  # room for the batch around it
 
 
 def map_output_dir(work_dir: str, job_id: str, index: int, attempt: int) -> str:
@@ -33,25 +38,32 @@ def reduce_output_path(output_dir: str, index: int, attempt: int) -> str:
 
 
 def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str,
-                   worker: str, inc: str, progress=NoProgress()) -> protocol.Message:
-    """Run one attempt and describe its end as the Done or Failed message for the driver."""
-    host = socket.gethostname()
+                   worker: str, inc: str, progress=NoProgress(), job: Optional[Job] = None) -> protocol.Message:
+    """Run one attempt and describe its end as the Done or Failed message for the driver.
+
+    `job`: the job `welcome` names, already loaded (the task process loads it once per job)."""
     counters.start_attempt()
-    for slot, value in ((ATTEMPT, task.attempt), (RECORDS, 0), (SEGMENT, -1), (OFFSET, -1), (LINE, 0), (IN_BLOCK, 0)):
-        progress[slot] = value
-    limit = welcome.job.skip_bad_records
-    bad = BadRecords(limit, task.skip) if limit >= 0 else None
+    progress[ATTEMPT] = task.attempt
+    progress[RECORDS] = 0
+    progress[SEGMENT] = progress[OFFSET] = -1
+    progress[LINE] = progress[IN_BLOCK] = 0
+    spec = welcome.job
+    bad = BadRecords(spec.skip_bad_records, task.skip) if spec.skip_bad_records >= 0 else None
     try:
-        job = load_job(welcome.job)
+        if job is None:
+            job = load_job(spec)
         if task.kind == "map":
             out_dir = map_output_dir(work_dir, welcome.job_id, task.index, task.attempt)
-            parts, stats = run_map(job, task.segments, welcome.reducers, out_dir,
-                                   welcome.job.encoding, welcome.job.encoding_errors, progress, bad,
-                                   memory_limit=welcome.job.memory_limit)
+            parts, stats = run_map(job, task.segments, welcome.reducers, out_dir, spec.encoding,
+                                   spec.encoding_errors, progress, bad, memory_limit=spec.memory_limit)
+            if bad is None:
+                return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, kind=task.kind, index=task.index,
+                                     job_id=task.job_id, stats=stats, counters=counters.attempt_counters(),
+                                     parts=tuple(parts))
             done = dict(parts=tuple(parts))
         else:
             out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
-            stats = run_reduce(job, task.inputs, out_path, progress, bad, memory_limit=welcome.job.memory_limit)
+            stats = run_reduce(job, task.inputs, out_path, progress, bad, memory_limit=spec.memory_limit)
             done = dict(output=out_path)
         if bad is not None:
             done.update(bad_records=tuple(bad.found), bad_count=bad.count)
@@ -59,14 +71,14 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
                              job_id=task.job_id, stats=stats, counters=counters.attempt_counters(), **done)
     except UserCodeError as exc:
         error = protocol.TaskError(kind="UserCodeError", message=_clip(exc.message),
-                                   traceback=_clip(exc.traceback_text), location=_clip(exc.location), host=host)
+                                   traceback=_clip(exc.traceback_text), location=_clip(exc.location), host=_HOST)
     except JobLoadError as exc:
-        error = protocol.TaskError(kind="JobLoadError", message=_clip(str(exc)), host=host)
+        error = protocol.TaskError(kind="JobLoadError", message=_clip(str(exc)), host=_HOST)
     except OSError as exc:
-        error = protocol.TaskError(kind=type(exc).__name__, message=_clip(str(exc)), host=host)
+        error = protocol.TaskError(kind=type(exc).__name__, message=_clip(str(exc)), host=_HOST)
     except Exception as exc:  # a bug in zmqmr: report it in full rather than hang the job
         error = protocol.TaskError(kind=type(exc).__name__, message=_clip(f"internal error: {exc}"),
-                                   traceback=_clip(user_traceback(exc)), host=host)
+                                   traceback=_clip(user_traceback(exc)), host=_HOST)
     return protocol.Failed(worker=worker, inc=inc, attempt=task.attempt, error=error)
 
 
@@ -74,28 +86,66 @@ def _clip(text: str, limit: int = protocol.MAX_TEXT_LEN) -> str:
     return text if len(text) <= limit else text[: limit - 20] + "\n...(cut)"
 
 
+def report_item(report: protocol.Message, worker: str, inc: str) -> bytes:
+    """The report as a batch item; one the driver's socket would refuse for its size says so instead."""
+    item = protocol.encode_item(report)
+    if len(item) <= MAX_REPORT_BYTES:
+        return item
+    message = f"the attempt's report cannot be sent to the driver: {len(item)} bytes, more than {MAX_REPORT_BYTES}"
+    error = protocol.TaskError(kind="ProtocolError", message=message, host=_HOST)
+    return protocol.encode_item(protocol.Failed(worker=worker, inc=inc, attempt=report.attempt, error=error))
+
+
+class _Jobs:
+    """The task process's jobs by id: each Welcome decoded, and its code loaded, once."""
+
+    def __init__(self):
+        self.welcomes: Dict[str, protocol.Welcome] = {}
+        self.loaded: Dict[str, Job] = {}
+
+    def get(self, job_id: str, welcome_frame: Optional[bytes]) -> Tuple[protocol.Welcome, Optional[Job]]:
+        if welcome_frame is not None:
+            self.welcomes[job_id] = protocol.decode(welcome_frame, protocol.TO_WORKER)
+            self.loaded.pop(job_id, None)
+        welcome = self.welcomes[job_id]
+        job = self.loaded.get(job_id)
+        if job is None:
+            try:
+                job = self.loaded[job_id] = load_job(welcome.job)
+            except JobLoadError:
+                job = None  # run_assignment loads it again and reports the failure per attempt
+        return welcome, job
+
+
 def _child_main(conn, progress, parent_pid: int, worker: str, inc: str) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
+    jobs = _Jobs()
     while True:
         try:
-            request = msgpack.unpackb(conn.recv_bytes())
+            job_id, welcome_frame, work_dir, tasks = conn.recv()
         except (EOFError, OSError):
             return
-        welcome = protocol.decode(request["welcome"], protocol.TO_WORKER)
-        task = protocol.decode(request["task"], protocol.TO_WORKER)
-        reply = run_assignment(welcome, task, request["work_dir"], worker, inc, progress)
-        try:
-            frame = protocol.encode(reply)
-        except ProtocolError as exc:
-            error = protocol.TaskError(kind="ProtocolError", host=socket.gethostname(),
-                                       message=f"the attempt's report cannot be sent to the driver: {exc}")
-            frame = protocol.encode(protocol.Failed(worker=worker, inc=inc, attempt=task.attempt, error=error))
-        conn.send_bytes(frame)
+        welcome, job = jobs.get(job_id, welcome_frame)
+        reports = []
+        flushed = time.monotonic()
+        for task in tasks:
+            started = time.monotonic()
+            report = run_assignment(welcome, task, work_dir, worker, inc, progress, job)
+            progress[ATTEMPT] = 0  # between attempts: a death now is no attempt's fault
+            now = time.monotonic()
+            reports.append((task.attempt, now - started, report_item(report, worker, inc)))
+            if now - flushed >= REPORT_FLUSH_SECONDS and len(reports) < len(tasks):
+                conn.send((False, reports))  # a long task later in the batch must not hold these back
+                reports, flushed = [], now
+        conn.send((True, reports))
 
 
 class Executor:
-    """Handle on the task process, owned by the worker's loop."""
+    """Handle on the task process, owned by the worker's loop.
+
+    The worker hands it a batch of tasks at once and gets their reports back in one or a few
+    messages; the job's Welcome crosses the pipe once per job."""
 
     def __init__(self, worker: str, inc: str, start_method: str = "fork"):
         context = multiprocessing.get_context(start_method)
@@ -106,19 +156,27 @@ class Executor:
         )
         self.process.start()
         child_conn.close()
+        self.jobs_sent: set = set()
 
     def fileno(self) -> int:
         return self.conn.fileno()
 
-    def submit(self, welcome_frame: bytes, task_frame: bytes, work_dir: str) -> None:
-        self.conn.send_bytes(msgpack.packb({"welcome": welcome_frame, "task": task_frame, "work_dir": work_dir}))
+    def submit(self, welcome_frame: bytes, job_id: str, tasks: List[protocol.Task], work_dir: str) -> None:
+        """Run these tasks, in order; `receive` then yields their reports."""
+        welcome = None if job_id in self.jobs_sent else welcome_frame
+        self.jobs_sent.add(job_id)
+        self.conn.send((job_id, welcome, work_dir, tasks))
 
-    def receive(self) -> Optional[bytes]:
-        """The reply frame, or None when the process has died."""
+    def receive(self) -> Optional[Tuple[bool, List[Tuple[int, float, bytes]]]]:
+        """(whether the batch is over, [(attempt, seconds, report item)]), or None when the process died."""
         try:
-            return self.conn.recv_bytes()
+            return self.conn.recv()
         except (EOFError, OSError):
             return None
+
+    def running_attempt(self) -> int:
+        """The attempt the task process is running now, or 0."""
+        return self.progress[ATTEMPT]
 
     def progress_of(self, task: protocol.Task) -> Optional[protocol.Progress]:
         """Records read by `task`'s attempt so far, and where its current record starts."""

@@ -172,13 +172,16 @@ def _parse(lines: List[str], path: str) -> Iterator[Dict[str, Any]]:
 
 
 class Journal:
-    """Appends to the journal; a line is on disk (fsync) before the driver goes on."""
+    """Appends to the journal. Attempt-id reservations are on disk (fsync) before the ids are
+    used; finished tasks are written at once and synced together by `sync`, once per round of
+    the driver's loop: a task whose line a crash loses is merely run again."""
 
     def __init__(self, work_dir: str):
         self.path = journal_path(work_dir)
         self.file = None
         self.lock_file = None
         self.attempts_below = 0
+        self.unsynced = False
 
     def lock(self) -> None:
         """Hold the work dir for this driver; a second driver of the same job is refused."""
@@ -232,15 +235,24 @@ class Journal:
         self._append({"t": "attempts", "below": self.attempts_below})
 
     def finished(self, task: FinishedTask) -> None:
-        self._append(task.to_line())
+        self._append(task.to_line(), sync=False)
 
-    def _append(self, record: Dict[str, Any]) -> None:
+    def sync(self) -> None:
+        """Make every line written so far durable."""
+        if self.unsynced and self.file is not None:
+            os.fsync(self.file.fileno())
+            self.unsynced = False
+
+    def _append(self, record: Dict[str, Any], sync: bool = True) -> None:
         self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        self.file.flush()  # in the operating system's hands: it survives the driver being killed
+        if sync:
+            os.fsync(self.file.fileno())
+        self.unsynced = not sync
 
     def close(self) -> None:
         if self.file is not None:
+            self.sync()
             self.file.close()
             self.file = None
 

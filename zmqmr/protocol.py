@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import reprlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import msgpack
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Limits: named so that docs/protocol.md and the sockets use the same figures.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -28,6 +28,8 @@ MAX_LIST_LEN = 1_000_000
 MAX_ATTEMPT_ID = 2**62
 MAX_TASK_ID = 10_000_000
 MAX_COUNTERS = 1000
+MAX_PREFETCH = 64  # tasks a worker may ask for in one request
+MAX_BATCH_ITEMS = 1024  # messages in one batch or bundle
 MIN_MEMORY_LIMIT = 16 * 1024 * 1024  # a task process needs about this much for Python itself
 DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
 
@@ -36,9 +38,13 @@ DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
 
 
 class Check:
-    """Validates one decoded field and returns the value to store."""
+    """Validates one decoded field and returns the value to store.
 
-    def __call__(self, value: Any, where: str) -> Any:
+    A check raises `Bad` without saying where; `from_fields` and `ListOf` add the path on
+    the way out, so a valid message never pays for formatting error messages.
+    """
+
+    def __call__(self, value: Any) -> Any:
         raise NotImplementedError
 
 
@@ -52,8 +58,19 @@ def shown(value: Any) -> str:
     return _short.repr(value)
 
 
-def _fail(where: str, expected: str, value: Any) -> ProtocolError:
-    return ProtocolError("schema", f"{where}: expected {expected}, got {shown(value)}")
+class Bad(Exception):
+    """A field failed its check; `path` grows (innermost first) as the error travels out."""
+
+    def __init__(self, expected: str, value: Any = None, missing: bool = False):
+        super().__init__(expected)
+        self.expected, self.value, self.missing = expected, value, missing
+        self.path: List[str] = []
+
+    def error(self, where: str) -> ProtocolError:
+        path = where + "".join(reversed(self.path))
+        if self.missing:
+            return ProtocolError("schema", f"{path}: missing")
+        return ProtocolError("schema", f"{path}: expected {self.expected}, got {shown(self.value)}")
 
 
 @dataclass(frozen=True)
@@ -61,9 +78,9 @@ class Text(Check):
     max_len: int = MAX_NAME_LEN
     min_len: int = 0
 
-    def __call__(self, value, where):
-        if not isinstance(value, str) or not self.min_len <= len(value) <= self.max_len:
-            raise _fail(where, f"a string of {self.min_len}..{self.max_len} characters", value)
+    def __call__(self, value):
+        if type(value) is not str or not self.min_len <= len(value) <= self.max_len:
+            raise Bad(f"a string of {self.min_len}..{self.max_len} characters", value)
         return value
 
 
@@ -72,9 +89,9 @@ class Int(Check):
     low: int = 0
     high: int = MAX_ATTEMPT_ID
 
-    def __call__(self, value, where):
-        if isinstance(value, bool) or not isinstance(value, int) or not self.low <= value <= self.high:
-            raise _fail(where, f"an integer in {self.low}..{self.high}", value)
+    def __call__(self, value):
+        if type(value) is not int or not self.low <= value <= self.high:  # type(): bool is no int here
+            raise Bad(f"an integer in {self.low}..{self.high}", value)
         return value
 
 
@@ -83,19 +100,19 @@ class Float(Check):
     low: float = 0.0
     high: float = 1e9
 
-    def __call__(self, value, where):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(where, "a number", value)
+    def __call__(self, value):
+        if type(value) is not float and type(value) is not int:
+            raise Bad("a number", value)
         if not self.low <= value <= self.high:  # also rejects NaN
-            raise _fail(where, f"a number in {self.low}..{self.high}", value)
+            raise Bad(f"a number in {self.low}..{self.high}", value)
         return float(value)
 
 
 @dataclass(frozen=True)
 class Flag(Check):
-    def __call__(self, value, where):
-        if not isinstance(value, bool):
-            raise _fail(where, "true or false", value)
+    def __call__(self, value):
+        if type(value) is not bool:
+            raise Bad("true or false", value)
         return value
 
 
@@ -103,9 +120,9 @@ class Flag(Check):
 class OneOf(Check):
     choices: Tuple[str, ...]
 
-    def __call__(self, value, where):
-        if value not in self.choices or not isinstance(value, str):
-            raise _fail(where, f"one of {', '.join(self.choices)}", value)
+    def __call__(self, value):
+        if type(value) is not str or value not in self.choices:
+            raise Bad(f"one of {', '.join(self.choices)}", value)
         return value
 
 
@@ -114,33 +131,41 @@ class ListOf(Check):
     item: Check
     max_len: int = MAX_LIST_LEN
 
-    def __call__(self, value, where):
-        if not isinstance(value, (list, tuple)) or len(value) > self.max_len:
-            raise _fail(where, f"a list of at most {self.max_len} items", value)
-        return tuple(self.item(v, f"{where}[{i}]") for i, v in enumerate(value))
+    def __call__(self, value):
+        if (type(value) is not list and type(value) is not tuple) or len(value) > self.max_len:
+            raise Bad(f"a list of at most {self.max_len} items", value)
+        item = self.item
+        out = []
+        for v in value:
+            try:
+                out.append(item(v))
+            except Bad as exc:
+                exc.path.append(f"[{len(out)}]")
+                raise
+        return tuple(out)
 
 
 @dataclass(frozen=True)
 class Maybe(Check):
     inner: Check
 
-    def __call__(self, value, where):
-        return None if value is None else self.inner(value, where)
+    def __call__(self, value):
+        return None if value is None else self.inner(value)
 
 
 @dataclass(frozen=True)
 class Nested(Check):
     record: type
 
-    def __call__(self, value, where):
-        return from_fields(self.record, value, where)
+    def __call__(self, value):
+        return _build(self.record, value)
 
 
 @dataclass(frozen=True)
 class Plain(Check):
     """Any msgpack value built from maps, lists, strings and numbers: status replies only."""
 
-    def __call__(self, value, where):
+    def __call__(self, value):
         return value
 
 
@@ -151,34 +176,237 @@ def check(spec: Check, default: Any = dataclasses.MISSING) -> Any:
     return field(default=default, metadata={"check": spec})
 
 
+_MISSING = dataclasses.MISSING
+_schemas: Dict[type, Tuple[Tuple[str, Check, Any], ...]] = {}
+
+
+def _schema(record: type) -> Tuple[Tuple[str, Check, Any], ...]:
+    """(name, check, default) of every field, worked out once per record type."""
+    schema = _schemas.get(record)
+    if schema is None:
+        schema = _schemas[record] = tuple((f.name, f.metadata["check"], f.default)
+                                          for f in dataclasses.fields(record))
+    return schema
+
+
+def _build(record: type, value: Any) -> Any:
+    """The record of a decoded map: the compiled check first, the generic one for the error."""
+    try:
+        return (_fast_builders.get(record) or _fast_builder_of(record))(value)
+    except _Slow:
+        return _build_checked(record, value)
+
+
+def _build_checked(record: type, value: Any) -> Any:
+    """Field by field through the Check objects; slow, but says exactly what is wrong."""
+    if type(value) is not dict:
+        raise Bad("a map", value)
+    kwargs = {}
+    for name, chk, default in _schema(record):
+        if name in value:
+            try:
+                kwargs[name] = chk(value[name])
+            except Bad as exc:
+                exc.path.append("." + name)
+                raise
+        elif default is _MISSING:
+            exc = Bad("", missing=True)
+            exc.path.append("." + name)
+            raise exc
+    return record(**kwargs)
+
+
 def from_fields(record: type, value: Any, where: str) -> Any:
     """Build a dataclass `record` from a decoded map, checking every declared field."""
-    if not isinstance(value, dict):
-        raise _fail(where, "a map", value)
-    kwargs = {}
-    for f in dataclasses.fields(record):
-        if f.name not in value:
-            if f.default is dataclasses.MISSING:
-                raise ProtocolError("schema", f"{where}.{f.name}: missing")
-            continue
-        kwargs[f.name] = f.metadata["check"](value[f.name], f"{where}.{f.name}")
-    return record(**kwargs)
+    try:
+        return _build(record, value)
+    except Bad as exc:
+        raise exc.error(where) from None
+
+
+_names: Dict[type, Tuple[Tuple[str, Any], ...]] = {}
+
+
+def _fields_of(record: type) -> Tuple[Tuple[str, Any], ...]:
+    names = _names.get(record)
+    if names is None:
+        names = _names[record] = tuple((f.name, f.default) for f in dataclasses.fields(record))
+    return names
 
 
 def to_fields(record: Any) -> Dict[str, Any]:
     """The inverse of `from_fields`: a plain map of a (possibly nested) record."""
-    out = {}
-    for f in dataclasses.fields(record):
-        out[f.name] = _plain(getattr(record, f.name))
-    return out
+    plain = _fast_plains.get(type(record))
+    if plain is None:
+        plain = _fast_plains[type(record)] = _compile_plain(type(record))
+    return plain(record)
+
+
+_LEAVES = frozenset((str, int, float, bool, type(None), bytes))
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return to_fields(value)
-    if isinstance(value, tuple):
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind is tuple or kind is list:
         return [_plain(v) for v in value]
+    if kind in _names or dataclasses.is_dataclass(kind):
+        if issubclass(kind, Message):  # a message inside a batch or bundle
+            return _plain_item(value)
+        return to_fields(value)
     return value
+
+
+# --- compiled codecs --------------------------------------------------------------
+#
+# Decoding every field through a Check object costs a call per field; a task report has
+# about thirty. So each record type gets, on first use, straight-line code generated from
+# its checks: it raises _Slow on anything doubtful, and the Check objects then say why.
+
+class _Slow(Exception):
+    """Raised by compiled checks on anything doubtful."""
+
+
+_fast_builders: Dict[type, Any] = {}
+_fast_plains: Dict[type, Any] = {}
+
+
+class _Source:
+    def __init__(self):
+        self.lines: List[str] = []
+        self.names: Dict[str, Any] = {"_Slow": _Slow, "_MISSING": _MISSING, "_new": object.__new__,
+                                      "_set": object.__setattr__, "_build": _build, "_plain": _plain,
+                                      "_plain_item": None}
+        self.counter = 0
+
+    def name(self, value: Any) -> str:
+        self.counter += 1
+        key = f"_c{self.counter}"
+        self.names[key] = value
+        return key
+
+    def add(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+
+def _check_code(src: _Source, chk: Check, var: str, indent: int) -> None:
+    """Lines that check (and normalize) `var` in place, or raise _Slow."""
+    if isinstance(chk, Text):
+        src.add(indent, f"if type({var}) is not str or not {chk.min_len} <= len({var}) <= {chk.max_len}: raise _Slow")
+    elif isinstance(chk, Int):
+        src.add(indent, f"if type({var}) is not int or not {chk.low} <= {var} <= {chk.high}: raise _Slow")
+    elif isinstance(chk, Float):
+        src.add(indent, f"if type({var}) is int: {var} = float({var})")
+        src.add(indent, f"if type({var}) is not float or not {chk.low!r} <= {var} <= {chk.high!r}: raise _Slow")
+    elif isinstance(chk, Flag):
+        src.add(indent, f"if type({var}) is not bool: raise _Slow")
+    elif isinstance(chk, OneOf):
+        src.add(indent, f"if type({var}) is not str or {var} not in {src.name(frozenset(chk.choices))}: raise _Slow")
+    elif isinstance(chk, Maybe):
+        src.add(indent, f"if {var} is not None:")
+        _check_code(src, chk.inner, var, indent + 1)
+    elif isinstance(chk, Nested):
+        src.add(indent, f"{var} = {src.name(_fast_builder_of(chk.record))}({var})")
+    elif isinstance(chk, ListOf):
+        src.add(indent, f"if type({var}) is not list and type({var}) is not tuple or len({var}) > {chk.max_len}: "
+                        "raise _Slow")
+        if isinstance(chk.item, Nested):
+            build = src.name(_fast_builder_of(chk.item.record))
+            src.add(indent, f"{var} = tuple([{build}(_x) for _x in {var}])")
+        else:
+            item = f"{var}_item"
+            src.add(indent, f"for {item} in {var}:")
+            _check_code(src, chk.item, item, indent + 1)
+            src.add(indent, f"{var} = tuple({var})")
+    else:  # Plain, Items and anything new: the Check object itself
+        src.add(indent, f"{var} = {src.name(chk)}({var})")
+
+
+def _fast_builder_of(record: type) -> Any:
+    fast = _fast_builders.get(record)
+    if fast is None:
+        fast = _fast_builders[record] = _compile_builder(record)
+    return fast
+
+
+def _compile_builder(record: type) -> Any:
+    src = _Source()
+    src.names["_record"] = record
+    src.add(0, "def build(value):")
+    src.add(1, "if type(value) is not dict: raise _Slow")
+    src.add(1, "get = value.get")
+    names = []
+    for i, (name, chk, default) in enumerate(_schema(record)):
+        var = f"v{i}"
+        names.append((name, var))
+        src.add(1, f"{var} = get({name!r}, _MISSING)")
+        src.add(1, f"if {var} is _MISSING:")
+        if default is _MISSING:
+            src.add(2, "raise _Slow")
+        else:
+            src.add(2, f"{var} = {src.name(default)}")
+        src.add(1, "else:")
+        try:
+            _check_code(src, chk, var, 2)
+        except Exception:  # a check this compiler does not know: the generic path
+            return _always_slow
+    src.add(1, "obj = _new(_record)")
+    src.add(1, "_set(obj, '__dict__', {" + ", ".join(f"{name!r}: {var}" for name, var in names) + "})")
+    src.add(1, "return obj")
+    exec("\n".join(src.lines), src.names)
+    return src.names["build"]
+
+
+def _always_slow(value: Any) -> Any:
+    raise _Slow
+
+
+def _plain_code(src: _Source, chk: Check, expr: str) -> str:
+    """An expression for the plain (msgpack-ready) form of `expr`, a value that passed `chk`."""
+    if isinstance(chk, (Text, Int, Float, Flag, OneOf)):
+        return expr
+    if isinstance(chk, Maybe):
+        inner = _plain_code(src, chk.inner, "_m")
+        return expr if inner == "_m" else f"(None if {expr} is None else (lambda _m: {inner})({expr}))"
+    if isinstance(chk, Nested):
+        return f"{src.name(to_fields)}({expr})"
+    if isinstance(chk, ListOf):
+        item = _plain_code(src, chk.item, "_x")
+        return f"list({expr})" if item == "_x" else f"[{item} for _x in {expr}]"
+    return f"_plain({expr})"
+
+
+_fast_items: Dict[type, Any] = {}
+
+
+def _compile_item(record: type) -> Any:
+    """Like _compile_plain for a batch item: with "t", without identity and default values."""
+    src = _Source()
+    src.add(0, "def item(o):")
+    src.add(1, f"d = {{'t': {record.TYPE!r}}}")
+    for name, chk, default in _schema(record):
+        if name in _IDENTITY:
+            continue
+        value = _plain_code(src, chk, "o." + name)
+        if default is _MISSING:
+            src.add(1, f"d[{name!r}] = {value}")
+        elif type(default) in (str, int, float, bool, tuple) or default is None:
+            src.add(1, f"if o.{name} != {src.name(default)}: d[{name!r}] = {value}")
+        else:
+            src.add(1, f"d[{name!r}] = {value}")
+    src.add(1, "return d")
+    exec("\n".join(src.lines), src.names)
+    return src.names["item"]
+
+
+def _compile_plain(record: type) -> Any:
+    src = _Source()
+    parts = [f"{name!r}: {_plain_code(src, chk, 'o.' + name)}" for name, chk, _ in _schema(record)]
+    src.add(0, "def plain(o):")
+    src.add(1, "return {" + ", ".join(parts) + "}")
+    exec("\n".join(src.lines), src.names)
+    return src.names["plain"]
 
 
 # --- records carried inside messages ---------------------------------------------
@@ -304,10 +532,14 @@ class Hello(WorkerMessage):
 
 @dataclass(frozen=True)
 class Request(WorkerMessage):
-    """Ask for a task; `running` lists the attempts the worker still holds."""
+    """Ask for up to `want` more tasks; `running` lists every attempt the worker holds, and
+    `queued` those of them that wait on the worker and have not started yet. `want` 0 asks
+    for nothing (a report of what is held, answered with nothing)."""
 
     TYPE: ClassVar[str] = "request"
     running: Tuple[int, ...] = check(ListOf(Int(), 1024), ())
+    queued: Tuple[int, ...] = check(ListOf(Int(), 1024), ())
+    want: int = check(Int(0, MAX_PREFETCH), 1)
 
 
 @dataclass(frozen=True)
@@ -316,6 +548,7 @@ class Heartbeat(WorkerMessage):
 
     TYPE: ClassVar[str] = "heartbeat"
     running: Tuple[int, ...] = check(ListOf(Int(), 1024), ())
+    queued: Tuple[int, ...] = check(ListOf(Int(), 1024), ())
     progress: Tuple[Progress, ...] = check(ListOf(Nested(Progress), 1024), ())
 
 
@@ -441,26 +674,134 @@ class StatusReply(Message):
     error: str = check(Text(MAX_TEXT_LEN), "")
 
 
+@dataclass(frozen=True)
+class Rejected(WorkerMessage):
+    """Not a wire type: stands in for an item of a batch or bundle that failed validation, so the
+    rest of the frame still counts. `attempt` is the item's attempt id where it had a valid one."""
+
+    TYPE: ClassVar[str] = "rejected"
+    reason: str = "schema"
+    detail: str = ""
+    attempt: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Items(Check):
+    """The messages of a batch or bundle: each a map with its type under "t" and its fields.
+
+    An item that fails becomes a `Rejected` instead of failing the whole frame."""
+
+    allowed: Tuple[str, ...]
+
+    def __call__(self, value):
+        if type(value) is not list or len(value) > MAX_BATCH_ITEMS:
+            raise Bad(f"a list of at most {MAX_BATCH_ITEMS} messages", value)
+        registry = _ITEM_TYPES
+        out = []
+        for item in value:
+            mtype = item.get("t") if type(item) is dict else None
+            if type(mtype) is not str or mtype not in self.allowed:
+                out.append(Rejected(worker=_identity(item, "worker"), inc=_identity(item, "inc"),
+                                    reason="unknown_type", detail=f"batch item of type {shown(mtype)}"))
+                continue
+            try:
+                out.append(_build(registry[mtype], item))
+            except Bad as exc:
+                attempt = item.get("attempt")
+                out.append(Rejected(worker=_identity(item, "worker"), inc=_identity(item, "inc"),
+                                    detail=str(exc.error(f"{mtype}")),
+                                    attempt=attempt if type(attempt) is int and 0 <= attempt <= MAX_ATTEMPT_ID
+                                    else None))
+        return tuple(out)
+
+
+def _identity(item: Any, name: str) -> str:
+    value = item.get(name) if type(item) is dict else None
+    return value if type(value) is str else ""
+
+
+@dataclass(frozen=True)
+class Batch(WorkerMessage):
+    """Several messages of one worker in one frame: reports of finished attempts, then (usually)
+    the next request. Items carry no `worker` or `inc`; they take the batch's."""
+
+    TYPE: ClassVar[str] = "batch"
+    items: Tuple[Message, ...] = check(Items(("done", "failed", "request")), ())
+
+
+@dataclass(frozen=True)
+class Bundle(Message):
+    """Several driver messages for one worker in one frame, such as the tasks a request asked for."""
+
+    TYPE: ClassVar[str] = "bundle"
+    items: Tuple[Message, ...] = check(Items(("task", "wait", "wake", "cancel", "ack", "reregister", "exit")), ())
+
+
 TO_DRIVER: Dict[str, Type[Message]] = {
-    m.TYPE: m for m in (Hello, Request, Heartbeat, Done, Failed, StatusQuery)
+    m.TYPE: m for m in (Hello, Request, Heartbeat, Done, Failed, Batch, StatusQuery)
 }
 TO_WORKER: Dict[str, Type[Message]] = {
-    m.TYPE: m for m in (Welcome, Task, Wait, Wake, Cancel, Ack, Reregister, Exit, StatusReply)
+    m.TYPE: m for m in (Welcome, Task, Wait, Wake, Cancel, Ack, Reregister, Exit, Bundle, StatusReply)
 }
+_ITEM_TYPES: Dict[str, Type[Message]] = {**TO_DRIVER, **TO_WORKER}
 
 
 # --- codec -------------------------------------------------------------------------
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def encode(message: Message) -> bytes:
     """One frame; ProtocolError("too_large") rather than a frame the peer would drop."""
     body = {"v": PROTOCOL_VERSION, "t": message.TYPE}
     body.update(to_fields(message))
-    frame = msgpack.packb(body, use_bin_type=True)
+    return _checked_size(msgpack.packb(body, use_bin_type=True), message.TYPE)
+
+
+def _checked_size(frame: bytes, mtype: str) -> bytes:
     if len(frame) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"a {message.TYPE} message of {len(frame)} bytes, "
-                                         f"more than {MAX_MESSAGE_BYTES}")
+        raise ProtocolError("too_large", f"a {mtype} message of {len(frame)} bytes, more than {MAX_MESSAGE_BYTES}")
     return frame
+
+
+_IDENTITY = ("worker", "inc")
+
+
+def encode_item(message: Message) -> bytes:
+    """A message as an item of a batch or bundle: its type and the fields that differ from their
+    defaults, without the sender's identity (the batch carries it)."""
+    compact = _fast_items.get(type(message))
+    if compact is None:
+        compact = _fast_items[type(message)] = _compile_item(type(message))
+    return _pack(compact(message))
+
+
+def batch_frame(worker: str, inc: str, items: Sequence[bytes]) -> bytes:
+    """A worker's batch from items made by `encode_item`, spliced in without decoding them."""
+    return _checked_size(_frame_head({"v": PROTOCOL_VERSION, "t": Batch.TYPE, "worker": worker, "inc": inc},
+                                     len(items)) + b"".join(items), Batch.TYPE)
+
+
+def bundle_frame(items: Sequence[bytes]) -> bytes:
+    """The driver's bundle for one worker from items made by `encode_item`."""
+    return _checked_size(_frame_head({"v": PROTOCOL_VERSION, "t": Bundle.TYPE}, len(items)) + b"".join(items),
+                         Bundle.TYPE)
+
+
+def _frame_head(fields: Dict[str, Any], count: int) -> bytes:
+    """msgpack of `fields` plus an "items" array of `count` elements, whose bytes follow."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack_map_header(len(fields) + 1)
+    for key, value in fields.items():
+        head += _pack(key) + _pack(value)
+    return head + _pack("items") + packer.pack_array_header(count)
+
+
+def _plain_item(message: Message) -> Dict[str, Any]:
+    body = {"t": message.TYPE}
+    body.update((k, v) for k, v in to_fields(message).items() if k not in _IDENTITY)
+    return body
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -497,7 +838,19 @@ def decode(frame: bytes, allowed: Dict[str, Type[Message]]) -> Message:
     cls = allowed.get(mtype) if isinstance(mtype, str) else None
     if cls is None:
         raise ProtocolError("unknown_type", shown(mtype))
+    if cls is Batch:
+        _inherit_identity(body)
     try:
         return from_fields(cls, body, mtype)
     except RecursionError:
         raise ProtocolError("malformed", "nested too deeply") from None
+
+
+def _inherit_identity(body: Dict[str, Any]) -> None:
+    """Batch items are the batch's worker's: they take its name and incarnation."""
+    items = body.get("items")
+    if type(items) is list:
+        worker, inc = body.get("worker"), body.get("inc")
+        for item in items:
+            if type(item) is dict:
+                item["worker"], item["inc"] = worker, inc

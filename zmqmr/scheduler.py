@@ -100,7 +100,8 @@ class WorkerRecord:
     pid: int
     registered_at: float
     last_seen: float
-    running: Set[int] = field(default_factory=set)
+    running: Set[int] = field(default_factory=set)  # every attempt it holds, queued ones included
+    queued: Set[int] = field(default_factory=set)  # held attempts not known to have started
     waiting: bool = False
     told_exit: bool = False
     tasks_done: int = 0
@@ -108,12 +109,16 @@ class WorkerRecord:
     failed_tasks: Set[TaskKey] = field(default_factory=set)  # distinct tasks that failed here
 
 
-@dataclass(frozen=True)
+@dataclass
 class AttemptRecord:
+    """A live attempt. `started_at` is None while it waits in its worker's queue: a queued
+    attempt cannot straggle or time out."""
+
     attempt: int
     task: TaskKey
     worker: str
-    started_at: float
+    assigned_at: float
+    started_at: Optional[float]
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,7 @@ class Scheduler:
         if isinstance(msg, protocol.Request):
             return self._on_request(worker, msg, now)
         if isinstance(msg, protocol.Heartbeat):
+            self._note_started(worker, msg.queued, now)
             return self._note_progress(worker, msg.progress, now) + [Send(worker.name, protocol.Ack())]
         if isinstance(msg, protocol.Done):
             return self._on_done(worker, msg, now)
@@ -258,7 +264,8 @@ class Scheduler:
             actions += self._lose_worker(worker, now, f"silent for {silent:.1f} s")
         timeout = self.config.task_timeout
         if timeout is not None and self.state not in TERMINAL:
-            for record in [r for r in self.attempts.values() if r.started_at + timeout <= now]:
+            overdue = [r for r in self.attempts.values() if r.started_at is not None and r.started_at + timeout <= now]
+            for record in overdue:
                 if self.state in TERMINAL:
                     break
                 actions += self._time_out(record, now)
@@ -267,8 +274,10 @@ class Scheduler:
     def next_deadline(self) -> Optional[float]:
         """When `on_tick` next has something to do; the driver polls until then."""
         deadlines = [w.last_seen + self.config.worker_timeout for w in self.workers.values()]
-        if self.config.task_timeout is not None and self.attempts and self.state not in TERMINAL:
-            deadlines.append(min(r.started_at for r in self.attempts.values()) + self.config.task_timeout)
+        if self.config.task_timeout is not None and self.state not in TERMINAL:
+            started = [r.started_at for r in self.attempts.values() if r.started_at is not None]
+            if started:
+                deadlines.append(min(started) + self.config.task_timeout)
         if self.exit_deadline is not None:
             deadlines.append(self.exit_deadline)
         return min(deadlines) if deadlines else None
@@ -320,6 +329,7 @@ class Scheduler:
         worker = self.workers.get(record.worker)
         if worker is not None:
             worker.running.discard(attempt)
+            worker.queued.discard(attempt)
         return self._requeue(self.tasks[record.task], attempt, now)
 
     def output_committed(self, now: float) -> List[Action]:
@@ -370,39 +380,71 @@ class Scheduler:
         return [Send(name, protocol.Exit(reason=reason, ok=False))]
 
     def _on_request(self, worker: WorkerRecord, msg: protocol.Request, now: float) -> List[Action]:
+        """Hand out up to `want` READY tasks; a worker holding nothing may get a straggler's backup."""
         actions: List[Action] = []
         held = set(msg.running)
         for attempt in sorted(worker.running - held):
             # Assigned but unknown to the worker: the Task message was lost on the way.
             worker.running.discard(attempt)
+            worker.queued.discard(attempt)
             log.warning("worker %s never received attempt %d; re-queueing", worker.name, attempt)
             actions += self._requeue(self.tasks[self.attempts[attempt].task], attempt, now)
+        self._note_started(worker, msg.queued, now)
         worker.waiting = False
+        if msg.want == 0:
+            return actions
         if worker.name in self.blacklist:
             return actions + [Send(worker.name, protocol.Wait(retry_after=self.config.retry_after))]
         if not self.ready:
-            straggler = self._straggler_for(worker, now)
+            straggler = None if worker.running else self._straggler_for(worker, now)
             if straggler is not None:
                 return actions + self._start_backup(straggler, worker, now)
             worker.waiting = True
             return actions + [Send(worker.name, protocol.Wait(retry_after=self.config.retry_after))]
-        task = self.tasks[self.ready.popleft()]
-        attempt = self._new_attempt(task, worker, now)
-        task.state = TaskState.RUNNING
-        task.attempt = attempt
-        task.worker = worker.name
-        task.started_at = now
-        task.records, task.location, task.position = 0, "", None
-        return actions + [Assign(worker.name, task.kind, task.index, attempt)]
+        usable = sum(1 for name in self.workers if name not in self.blacklist)
+        grant = min(msg.want, -(-len(self.ready) // usable))  # a fair share of what is READY
+        for _ in range(grant):
+            task = self.tasks[self.ready.popleft()]
+            starts = not worker.running  # the first task of an idle worker starts at once; others queue
+            attempt = self._new_attempt(task, worker, now, starts)
+            task.state = TaskState.RUNNING
+            task.attempt = attempt
+            task.worker = worker.name
+            task.started_at = now if starts else None
+            task.records, task.location, task.position = 0, "", None
+            actions.append(Assign(worker.name, task.kind, task.index, attempt))
+        return actions
 
-    def _new_attempt(self, task: TaskRecord, worker: WorkerRecord, now: float) -> int:
+    def _note_started(self, worker: WorkerRecord, queued, now: float) -> None:
+        """The worker's held attempts that it no longer lists as queued have started by now."""
+        if not worker.queued:
+            return
+        still = set(queued)
+        for attempt in [a for a in worker.queued if a not in still]:
+            self._started(worker, attempt, now)
+
+    def _started(self, worker: WorkerRecord, attempt: int, now: float) -> None:
+        worker.queued.discard(attempt)
+        record = self.attempts.get(attempt)
+        if record is None or record.started_at is not None:
+            return
+        record.started_at = now
+        task = self.tasks[record.task]
+        if task.attempt == attempt and task.started_at is None:
+            task.started_at = now
+
+    def _new_attempt(self, task: TaskRecord, worker: WorkerRecord, now: float, starts: bool = True) -> int:
         attempt = self.next_attempt
         self.next_attempt += 1
         task.attempts += 1
-        self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now)
+        self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now, now if starts else None)
         worker.running.add(attempt)
-        task_events.info("assigned %s attempt %d to %s", task.name, attempt, worker.name,
-                         extra={"event": "assigned", "task": task.name, "attempt": attempt, "worker": worker.name})
+        if not starts:
+            worker.queued.add(attempt)
+        if task_events.isEnabledFor(logging.INFO):
+            task_events.info("assigned %s attempt %d to %s", task.name, attempt, worker.name,
+                             extra={"event": "assigned", "task": task.name, "attempt": attempt,
+                                    "worker": worker.name})
         return attempt
 
     def _straggler_for(self, worker: WorkerRecord, now: float) -> Optional[TaskRecord]:
@@ -425,7 +467,7 @@ class Scheduler:
             (durations[len(durations) // 2 - 1] + durations[len(durations) // 2]) / 2
         threshold = max(config.speculation_factor * median, config.speculation_min_seconds)
         slow = [t for t in tasks if t.state == TaskState.RUNNING and t.backup is None and t.worker != worker.name
-                and now - t.started_at > threshold]
+                and t.started_at is not None and now - t.started_at > threshold]
         return min(slow, key=lambda t: t.started_at) if slow else None
 
     def _start_backup(self, task: TaskRecord, worker: WorkerRecord, now: float) -> List[Action]:
@@ -458,8 +500,12 @@ class Scheduler:
             self.dropped["bad_completion"] += 1
             error = TaskError(kind="ProtocolError", message=problem, host=worker.host)
             return actions + self._attempt_failed(worker, task, msg.attempt, error, False, now)
+        record = self.attempts.pop(msg.attempt)
         worker.running.discard(msg.attempt)
-        del self.attempts[msg.attempt]
+        worker.queued.discard(msg.attempt)
+        if task.started_at is None:  # it ran while queued as far as we knew: its own run time says when
+            task.started_at = record.started_at if record.started_at is not None else \
+                max(record.assigned_at, now - msg.stats.seconds)
         worker.tasks_done += 1
         actions += self._cancel_other_attempt(task, msg.attempt)
         task.state = TaskState.FINISHED
@@ -476,10 +522,11 @@ class Scheduler:
                 return actions + too_many
         self.finished_counts[task.kind] += 1
         actions.append(TaskFinished(task.kind, task.index, msg.attempt))
-        seconds = round(now - (task.started_at or now), 3)
-        task_events.info("%s attempt %d finished on %s in %.2f s", task.name, msg.attempt, worker.name, seconds,
-                         extra={"event": "finished", "task": task.name, "attempt": msg.attempt,
-                                "worker": worker.name, "seconds": seconds})
+        if task_events.isEnabledFor(logging.INFO):
+            seconds = round(now - task.started_at, 3)
+            task_events.info("%s attempt %d finished on %s in %.2f s", task.name, msg.attempt, worker.name, seconds,
+                             extra={"event": "finished", "task": task.name, "attempt": msg.attempt,
+                                    "worker": worker.name, "seconds": seconds})
         if task.kind == MAP and self.finished_counts[MAP] == self.num_maps:
             return actions + self._open_reduce_phase(now)
         if task.kind == REDUCE and self.finished_counts[REDUCE] == self.num_reduces:
@@ -500,6 +547,7 @@ class Scheduler:
         if loser is None:
             return []
         loser.running.discard(other)
+        loser.queued.discard(other)
         log.info("%s: attempt %d finished first; cancelling attempt %d on %s", task.name, winner, other,
                  other_worker)
         reason = f"attempt {winner} of {task.name} finished first"
@@ -539,6 +587,7 @@ class Scheduler:
         self, worker: WorkerRecord, task: TaskRecord, attempt: int, error: TaskError, lost: bool, now: float
     ) -> List[Action]:
         worker.running.discard(attempt)
+        worker.queued.discard(attempt)
         worker.tasks_failed += 1
         worker.failed_tasks.add(task.key)
         task.last_error = error
@@ -601,7 +650,7 @@ class Scheduler:
             reason = f"{task.name} is {task.state.value.lower()} without this attempt"
             return [Send(worker.name, protocol.Cancel(attempt=attempt, reason=reason, kind=kind, index=index))]
         task.attempts += 1
-        self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now)
+        self.attempts[attempt] = AttemptRecord(attempt, task.key, worker.name, now, now)
         worker.running.add(attempt)
         log.info("adopted attempt %d of %s, started before the driver restarted, on %s", attempt, task.name,
                  worker.name, extra={"event": "adopted", "task": task.name, "attempt": attempt, "worker": worker.name})
@@ -623,6 +672,8 @@ class Scheduler:
                                                   "belongs to another job)", kind=p.kind, index=p.index)))
             record = self.attempts.get(p.attempt)
             if record is not None and record.worker == worker.name:
+                if record.started_at is None:
+                    self._started(worker, p.attempt, now)
                 self.progress[p.attempt] = p
                 task = self.tasks[record.task]
                 if task.attempt == p.attempt:

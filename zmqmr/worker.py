@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Optional, Tuple
+from typing import Deque, List, Optional, Set, Tuple
 
 import zmq
 
@@ -27,6 +27,12 @@ log = logging.getLogger("zmqmr.worker")
 
 DEFAULT_HEARTBEAT = 1.0
 RECENT_REPORTS = 8  # done/failed reports sent again after registering anew (duplicates are harmless)
+SHORT_TASK = 0.05  # seconds: tasks this quick are fetched PREFETCH at a time and run in batches
+LONG_TASK = 1.0  # seconds: past this, a worker holds no task beyond the one it runs
+PREFETCH = 32  # tasks held at most (running and queued), when tasks are short
+EXECUTOR_BATCH = 16  # short tasks handed to the task process at once
+FIRST_TASKS = 1  # held while nothing is known of the tasks' length
+BATCH_BYTES = protocol.MAX_MESSAGE_BYTES - 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -43,14 +49,25 @@ def default_worker_name() -> str:
 
 
 class Worker:
+    """Holds a few tasks: `batch` in the task process (running, in order) and `queue` waiting here.
+
+    How many it asks for adapts to how long recent tasks took: many short ones are fetched
+    and run in batches, so that round trips do not bound them; long ones one at a time, so a
+    slow worker never sits on tasks another could run. Reports of finished attempts travel
+    with the next request in one batch frame.
+    """
+
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
         self.name = settings.name or default_worker_name()
         self.inc = secrets.token_hex(8)
         self.welcome: Optional[protocol.Welcome] = None
         self.welcome_frame = b""
-        self.current: Optional[protocol.Task] = None
-        self.queued: Deque[Tuple[protocol.Task, bytes]] = deque()
+        self.queue: Deque[protocol.Task] = deque()  # held, not yet in the task process
+        self.batch: List[protocol.Task] = []  # in the task process, not yet reported, in order
+        self.cancelled: Set[int] = set()  # attempts of `batch` cancelled while they wait there
+        self.outbox: List[bytes] = []  # reports not yet sent
+        self.task_seconds: Optional[float] = None  # recent tasks' typical run time
         self.awaiting_reply = False
         self.request_sent_at = 0.0
         self.next_request_at = 0.0
@@ -106,6 +123,7 @@ class Worker:
                 log.error("no word from the driver at %s for %.0f s; is it running? giving up",
                           self.settings.driver, now - self.last_heard)
                 return 1
+            self._feed_executor()
             self._send_due(now)
             timeout = max(0.0, min(self._next_timer(now), 1.0))
             for item, _ in self.poller.poll(timeout * 1000):
@@ -118,8 +136,10 @@ class Worker:
 
     def _next_timer(self, now: float) -> float:
         """Seconds until the loop next has something to send."""
+        if self.outbox and not self.awaiting_reply and self.welcome is not None:
+            return 0.0
         timers = [self.last_sent + self.heartbeat_interval, self.last_heard + self.settings.driver_timeout]
-        if self._wants_request():
+        if self.welcome is not None and not self.awaiting_reply and self._want() > 0:
             timers.append(self.next_request_at)
         if self.awaiting_reply:
             timers.append(self.request_sent_at + self._reply_timeout)
@@ -129,8 +149,17 @@ class Worker:
     def _reply_timeout(self) -> float:
         return max(5.0, 5 * self.heartbeat_interval)
 
-    def _wants_request(self) -> bool:
-        return self.welcome is not None and self.current is None and not self.queued and not self.awaiting_reply
+    def _capacity(self) -> int:
+        """How many attempts to hold (running and queued), from how long recent ones took."""
+        if self.task_seconds is None:
+            return FIRST_TASKS
+        if self.task_seconds < SHORT_TASK:
+            return PREFETCH
+        return 2 if self.task_seconds < LONG_TASK else 1
+
+    def _want(self) -> int:
+        held = len(self.batch) - len(self.cancelled) + len(self.queue)
+        return max(0, min(self._capacity() - held, protocol.MAX_PREFETCH))
 
     def _send_due(self, now: float) -> None:
         if self.awaiting_reply and now >= self.request_sent_at + self._reply_timeout:
@@ -140,20 +169,43 @@ class Worker:
             if now >= self.last_sent + self.heartbeat_interval:
                 self._say_hello()
             return
-        if self._wants_request() and now >= self.next_request_at:
-            self._send(protocol.Request(worker=self.name, inc=self.inc, running=self._held()))
-            self.awaiting_reply = True
-            self.request_sent_at = now
-        elif now >= self.last_sent + self.heartbeat_interval:
-            progress = self.executor.progress_of(self.current) if self.current is not None else None
+        if not self.awaiting_reply:
+            want = self._want()
+            ask = want > 0 and (bool(self.outbox) or now >= self.next_request_at)
+            if self.outbox or ask:
+                self._send_batch(want if ask else 0)
+                if ask:
+                    self.awaiting_reply = True
+                    self.request_sent_at = now
+                return
+        if now >= self.last_sent + self.heartbeat_interval:
+            running = self.executor.running_attempt()
+            task = next((t for t in self.batch if t.attempt == running), None) if running else None
+            progress = self.executor.progress_of(task) if task is not None else None
             self._send(protocol.Heartbeat(worker=self.name, inc=self.inc, running=self._held(),
-                                          progress=(progress,) if progress else ()))
+                                          queued=self._queued(), progress=(progress,) if progress else ()))
+
+    def _send_batch(self, want: int) -> None:
+        """The reports in the outbox and a request for `want` more tasks (0: none), in one frame
+        (or more, should the reports be large)."""
+        request = protocol.encode_item(protocol.Request(worker=self.name, inc=self.inc, running=self._held(),
+                                                        queued=self._queued(), want=want))
+        items, size = [], len(request)
+        for report in self.outbox:
+            if items and size + len(report) > BATCH_BYTES:
+                self._send_frame(protocol.batch_frame(self.name, self.inc, items))
+                items, size = [], len(request)
+            items.append(report)
+            size += len(report)
+        self.outbox = []
+        self._send_frame(protocol.batch_frame(self.name, self.inc, items + [request]))
 
     def _held(self) -> Tuple[int, ...]:
-        held = [t.attempt for t, _ in self.queued]
-        if self.current is not None:
-            held.insert(0, self.current.attempt)
-        return tuple(held)
+        return tuple([t.attempt for t in self.batch if t.attempt not in self.cancelled] +
+                     [t.attempt for t in self.queue])
+
+    def _queued(self) -> Tuple[int, ...]:
+        return tuple(t.attempt for t in self.queue)
 
     def _send(self, message: protocol.Message) -> None:
         self._send_frame(protocol.encode(message))
@@ -186,9 +238,10 @@ class Worker:
             except ProtocolError as exc:
                 self._bad(exc.reason, str(exc))
                 continue
-            code = self._on_message(message, frames[0])
-            if code is not None:
-                return code
+            for item in message.items if isinstance(message, protocol.Bundle) else (message,):
+                code = self._on_message(item, frames[0])
+                if code is not None:
+                    return code
 
     def _bad(self, reason: str, detail: str) -> None:
         self.bad_messages += 1
@@ -196,10 +249,10 @@ class Worker:
             log.warning("dropped a bad message from the driver (%s)", detail)
 
     def _on_message(self, message: protocol.Message, frame: bytes) -> Optional[int]:
-        if isinstance(message, protocol.Welcome):
+        if isinstance(message, protocol.Task):
+            self._on_task(message)
+        elif isinstance(message, protocol.Welcome):
             self._on_welcome(message, frame)
-        elif isinstance(message, protocol.Task):
-            self._on_task(message, frame)
         elif isinstance(message, protocol.Wait):
             self.awaiting_reply = False
             self.next_request_at = time.monotonic() + message.retry_after
@@ -207,12 +260,14 @@ class Worker:
             self.next_request_at = 0.0
         elif isinstance(message, protocol.Cancel):
             self._cancel(message)
+        elif isinstance(message, protocol.Rejected):
+            self._bad(message.reason, message.detail)
         elif isinstance(message, protocol.Reregister):
-            # The running attempt goes on: a restarted driver adopts it (or cancels it, if it was given up).
+            # What runs goes on: a restarted driver adopts it (or cancels it, if it was given up).
             if self.welcome is not None:  # once per burst: replies to queued messages all say the same
                 log.warning("the driver no longer knows this worker (%s); registering again", message.reason)
                 self.previous_job_id = self.welcome.job_id
-                self.queued.clear()
+                self.queue.clear()
                 self.welcome = None
                 self.awaiting_reply = False
                 self._say_hello()
@@ -229,6 +284,7 @@ class Worker:
             log.info("the driver runs a new job %s", welcome.job_id)
             self._abandon_tasks()
             self.recent_reports.clear()
+            self.outbox = []
             self.welcome = None
         if self.welcome is not None:
             return  # a duplicate answer to a repeated hello
@@ -236,20 +292,17 @@ class Worker:
         self.welcome, self.welcome_frame = welcome, frame
         self.awaiting_reply = False
         self.next_request_at = 0.0
-        for report in self.recent_reports:  # reports a killed driver may never have read
-            self._send_frame(report)
+        unsent = set(map(id, self.outbox))  # reports a killed driver may never have read go again
+        self.outbox = [r for r in self.recent_reports if id(r) not in unsent] + self.outbox
 
-    def _on_task(self, task: protocol.Task, frame: bytes) -> None:
+    def _on_task(self, task: protocol.Task) -> None:
         if self.welcome is None or task.job_id != self.welcome.job_id:
             log.warning("task for an unknown job %s ignored; registering again", task.job_id)
             self.welcome = None
             self._say_hello()
             return
         self.awaiting_reply = False
-        if self.current is None:
-            self._start(task, frame)
-        else:
-            self.queued.append((task, frame))
+        self.queue.append(task)
 
     # --- the task process ------------------------------------------------------------------
 
@@ -264,43 +317,68 @@ class Worker:
             self.own_temp_dir = tempfile.mkdtemp(prefix="zmqmr-worker-")
         return self.own_temp_dir
 
-    def _start(self, task: protocol.Task, frame: bytes) -> None:
-        log.debug("running %s task %d (attempt %d)", task.kind, task.index, task.attempt)
-        self.current = task
-        self.executor.submit(self.welcome_frame, frame, self._work_dir())
+    def _feed_executor(self) -> None:
+        """Hand the task process its next tasks: a batch when tasks are short, else one."""
+        if self.batch or not self.queue or self.welcome is None:
+            return
+        count = EXECUTOR_BATCH if self.task_seconds is not None and self.task_seconds < SHORT_TASK else 1
+        self.batch = [self.queue.popleft() for _ in range(min(count, len(self.queue)))]
+        if log.isEnabledFor(logging.DEBUG):
+            for task in self.batch:
+                log.debug("running %s task %d (attempt %d)", task.kind, task.index, task.attempt)
+        self.executor.submit(self.welcome_frame, self.welcome.job_id, self.batch, self._work_dir())
 
     def _on_executor_ready(self) -> None:
-        frame = self.executor.receive()
-        task, self.current = self.current, None
-        if frame is None:
-            reason = self.executor.death_reason()
-            self._restart_executor()
-            if task is not None:
+        reply = self.executor.receive()
+        if reply is None:
+            self._executor_died()
+            return
+        over, reports = reply
+        for attempt, seconds, report in reports:
+            if self.batch and self.batch[0].attempt == attempt:
+                task = self.batch.pop(0)
+            else:
+                task = next((t for t in self.batch if t.attempt == attempt), None)
+                self.batch = [t for t in self.batch if t is not task]
+            self._note_seconds(seconds)
+            if attempt in self.cancelled:
+                self.cancelled.discard(attempt)
+                if task is not None:
+                    self._remove_attempt_files(task.kind, task.index, attempt, task.output_dir)
+                continue
+            self.recent_reports.append(report)
+            self.outbox.append(report)
+        if over:
+            self.batch, self.cancelled = [], set()
+        self._feed_executor()  # the task process goes on while the reports travel
+
+    def _note_seconds(self, seconds: float) -> None:
+        self.task_seconds = seconds if self.task_seconds is None else 0.7 * self.task_seconds + 0.3 * seconds
+
+    def _executor_died(self) -> None:
+        """The attempt it ran is lost; the batch's others (finished but unreported, or not yet
+        started) run again in a new task process, at no cost to their tasks."""
+        running = self.executor.running_attempt()
+        reason = self.executor.death_reason()
+        self._restart_executor()
+        batch, self.batch = self.batch, []
+        if not running and batch:
+            running = batch[0].attempt  # died between attempts: blame the next, so that it cannot loop
+        again = []
+        for task in batch:
+            if task.attempt in self.cancelled:
+                self._remove_attempt_files(task.kind, task.index, task.attempt, task.output_dir)
+            elif task.attempt == running:
                 log.error("%s while running %s task %d", reason, task.kind, task.index)
                 error = protocol.TaskError(kind="TaskProcessDied", message=reason, host=socket.gethostname())
-                self._send(protocol.Failed(worker=self.name, inc=self.inc, attempt=task.attempt, error=error,
-                                           lost=True))
-        else:
-            report = self._checked_reply(frame, task)
-            self.recent_reports.append(report)
-            self._send_frame(report)
-        if self.queued:
-            self._start(*self.queued.popleft())
-
-    def _checked_reply(self, frame: bytes, task: Optional[protocol.Task]) -> bytes:
-        """The task process's report, or a Failed saying why the driver would not accept it.
-
-        A report the driver drops would leave the task to be re-run again and again.
-        """
-        try:
-            protocol.decode(frame, protocol.TO_DRIVER)
-            return frame
-        except ProtocolError as exc:
-            message = f"the attempt's report cannot be sent to the driver: {exc}"
-        attempt = task.attempt if task is not None else 0
-        log.error("%s", message)
-        error = protocol.TaskError(kind="ProtocolError", message=message[:2000], host=socket.gethostname())
-        return protocol.encode(protocol.Failed(worker=self.name, inc=self.inc, attempt=attempt, error=error))
+                report = protocol.encode_item(protocol.Failed(worker=self.name, inc=self.inc, attempt=task.attempt,
+                                                              error=error, lost=True))
+                self.recent_reports.append(report)
+                self.outbox.append(report)
+            else:
+                again.append(task)
+        self.cancelled = set()
+        self.queue.extendleft(reversed(again))
 
     def _restart_executor(self) -> None:
         self.poller.unregister(self.executor.fileno())
@@ -312,26 +390,31 @@ class Worker:
     def _cancel(self, message: protocol.Cancel) -> None:
         """Stop the attempt if it runs or waits here, then remove whatever files it wrote."""
         log.info("cancelling attempt %d: %s", message.attempt, message.reason)
-        tasks = [t for t, _ in self.queued] + ([self.current] if self.current is not None else [])
-        output_dirs = [t.output_dir for t in tasks if t.attempt == message.attempt and t.output_dir]
-        self.queued = deque((t, f) for t, f in self.queued if t.attempt != message.attempt)
-        if self.current is not None and self.current.attempt == message.attempt:
-            self.current = None
-            self._restart_executor()
-            if self.queued:
-                self._start(*self.queued.popleft())
-        if message.kind == "map" and self.welcome is not None:
-            shutil.rmtree(map_output_dir(self._work_dir(), self.welcome.job_id, message.index, message.attempt),
-                          ignore_errors=True)
-        for output_dir in output_dirs:
-            shutil.rmtree(os.path.dirname(reduce_output_path(output_dir, message.index, message.attempt)),
-                          ignore_errors=True)
+        output_dirs = [t.output_dir for t in list(self.queue) + self.batch if t.attempt == message.attempt]
+        self.queue = deque(t for t in self.queue if t.attempt != message.attempt)
+        if any(t.attempt == message.attempt for t in self.batch):
+            if self.executor.running_attempt() == message.attempt or len(self.batch) == 1:
+                # Stop the task process; the batch's other attempts run again in the new one.
+                again = [t for t in self.batch if t.attempt != message.attempt and t.attempt not in self.cancelled]
+                self.batch, self.cancelled = [], set()
+                self._restart_executor()
+                self.queue.extendleft(reversed(again))
+            else:
+                self.cancelled.add(message.attempt)  # its report is dropped when it comes
+        self._remove_attempt_files(message.kind, message.index, message.attempt,
+                                   output_dirs[0] if output_dirs else "")
+
+    def _remove_attempt_files(self, kind: str, index: int, attempt: int, output_dir: str) -> None:
+        if kind == "map" and self.welcome is not None:
+            shutil.rmtree(map_output_dir(self._work_dir(), self.welcome.job_id, index, attempt), ignore_errors=True)
+        if output_dir:
+            shutil.rmtree(os.path.dirname(reduce_output_path(output_dir, index, attempt)), ignore_errors=True)
 
     def _abandon_tasks(self) -> None:
         """The driver gave up on this worker's attempts: stop computing them."""
-        self.queued.clear()
-        if self.current is not None:
-            self.current = None
+        self.queue.clear()
+        if self.batch:
+            self.batch, self.cancelled = [], set()
             self._restart_executor()
 
     def _remove_work_files(self, job_over: bool) -> None:
