@@ -216,7 +216,18 @@ def test_counter_limits_in_user_code():
 def test_counter_totals_put_zmqmrs_group_first():
     values = [CounterValue("app", "b", 1), CounterValue("zmqmr", "z", 2), CounterValue("app", "b", 3),
               CounterValue("aaa", "x", 1)]
-    assert list(counters.total(values).items()) == [("zmqmr", {"z": 2}), ("aaa", {"x": 1}), ("app", {"b": 4})]
+    always = {name: 0 for name in counters.ALWAYS_SHOWN}
+    assert list(counters.total(values).items()) == [("zmqmr", dict(sorted({**always, "z": 2}.items()))),
+                                                    ("aaa", {"x": 1}), ("app", {"b": 4})]
+
+
+def test_a_task_reports_only_the_counters_it_changed_and_totals_show_the_built_ins_at_zero():
+    counters.start_attempt()
+    counters.add_framework("input records", 0)
+    counters.add_framework("output records", 3)
+    assert counters.attempt_counters() == (CounterValue("zmqmr", "output records", 3),)
+    totals = counters.total(counters.attempt_counters())["zmqmr"]
+    assert totals["output records"] == 3 and totals["input records"] == 0 and totals["input bytes"] == 0
 
 
 def test_counters_stay_within_what_the_wire_carries():

@@ -46,8 +46,15 @@ def start_attempt() -> None:
     _attempt.clear()
 
 
+# zmqmr's own counters that every job's totals show, at 0 if no task added to them. Tasks
+# report only counters they changed, so a thousand tiny tasks do not ship zeros around.
+ALWAYS_SHOWN = ("input records", "input bytes", "map output records", "spilled records", "reduce input groups",
+                "reduce input records", "output records")
+
+
 def add_framework(name: str, n: int) -> None:
-    _attempt[(FRAMEWORK, name)] += n
+    if n:
+        _attempt[(FRAMEWORK, name)] += n
 
 
 def attempt_counters() -> Tuple[CounterValue, ...]:
@@ -56,7 +63,7 @@ def attempt_counters() -> Tuple[CounterValue, ...]:
 
 def total(values: Iterable[CounterValue]) -> Dict[str, Dict[str, int]]:
     """Sum counters into {group: {name: value}}, sorted, zmqmr's own group first."""
-    sums: Counter = Counter()
+    sums: Counter = Counter({(FRAMEWORK, name): 0 for name in ALWAYS_SHOWN})
     for c in values:
         sums[(c.group, c.name)] += c.value
     out: Dict[str, Dict[str, int]] = {}

@@ -127,6 +127,9 @@ def run_map(job: Job, segments: Iterable[Segment], reducers: int, out_dir: str,
     each segment's lines at once instead of one call per line.
     """
     started = time.monotonic()
+    segments = tuple(segments)
+    if not segments:  # nothing to read: no buffer, no files, no counters
+        return [], TaskStats(records_in=0, bytes_in=0, records_out=0, seconds=time.monotonic() - started)
     slots = _slots(progress)
     slots[IN_BLOCK] = 0
     output = MapOutput(job, reducers, out_dir, memory_limit)
