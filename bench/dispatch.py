@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from bench.wordcount import compile_package
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
 
@@ -137,6 +139,7 @@ def zmqmr_run(tasks: int, tmp: str) -> tuple:
 
 
 def dispatch(args) -> None:
+    compile_package()
     tmp = tempfile.mkdtemp(prefix="bench-dispatch-")
     sync, in_flight, driver_s, wall_s = [], [], [], []
     try:
@@ -169,6 +172,7 @@ def _wall(command) -> float:
 
 
 def tiny(args) -> None:
+    compile_package()
     tmp = tempfile.mkdtemp(prefix="bench-tiny-")
     job = [sys.executable, "-m", "zmqmr", "local", "--workers", "2", "-q", "--input",
            os.path.join(ROOT, "zmqmr", "examples", "data"), "--output", os.path.join(tmp, "out"), "--force"]

@@ -19,7 +19,7 @@ import textwrap
 import time
 from typing import Dict, Tuple
 
-from bench.wordcount import ENV, parse_size
+from bench.wordcount import ENV, compile_package, parse_size
 
 JOB = '''
 def mapper(path, line):
@@ -113,6 +113,7 @@ def watch(argv, env) -> Tuple[float, Dict[str, int], int]:
 
 
 def run(args) -> None:
+    compile_package()
     limit = parse_size(args.memory_limit)
     size = parse_size(args.size) if args.size else 4 * limit
     scratch = tempfile.mkdtemp(prefix="bench-memory-")

@@ -203,7 +203,14 @@ def same_counts(a_dir_or_file: str, b_file: str) -> bool:
     return lines(a_dir_or_file) == lines(b_file)
 
 
+def compile_package() -> None:
+    """Write zmqmr's bytecode, as installing it does: a run from the source tree would otherwise
+    compile every module in every process (this machine sets PYTHONDONTWRITEBYTECODE)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "zmqmr")], check=True)
+
+
 def run(args) -> None:
+    compile_package()
     source = args.corpus or DEFAULT_SOURCE
     size = parse_size(args.size)
     corpus = build_corpus(source, size, args.build_dir or os.path.join(tempfile.gettempdir(),

@@ -15,7 +15,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 from .errors import InputError
 from .protocol import MAX_TASK_ID, Segment
 
-DEFAULT_SPLIT_BYTES = 32 * 1024 * 1024  # about a second of a Python mapper's work per task, or less
+DEFAULT_SPLIT_BYTES = 64 * 1024 * 1024  # a few seconds of a Python mapper's work per task
 MIN_SPLIT_BYTES = 1024 * 1024
 TASKS_PER_WORKER = 2  # at least, when the input is big enough: no worker idles while one map runs
 DRIVER_PARALLELISM = 4  # workers a zmqmr-driver plans for, not knowing how many will come
