@@ -97,7 +97,7 @@ def straggler(args) -> None:
             for label, extra in (("speculation", ["--speculation-min-seconds", args.min_seconds]),
                                  ("no speculation", ["--no-speculation"])):
                 out = os.path.join(tmp, f"out-{label}-{trial}".replace(" ", "-"))
-                rows.append((label, run_job(inputs, out, ["--job", job, *extra], envs)))
+                rows.append((label, run_job(inputs, out, ["--job", job, "--mappers", args.files, *extra], envs)))
         medians = {label: statistics.median(t for lbl, t in rows if lbl == label) for label, _ in rows}
         print(f"straggler: {args.files} files x {args.lines} lines, one of 2 workers 20x slower, "
               f"{args.repeat} runs each (median wall s)")
