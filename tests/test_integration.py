@@ -621,3 +621,26 @@ def test_a_restarted_driver_adopts_the_map_a_worker_was_running(procs, tmp_path)
     assert len(os.listdir(markers)) == 1  # the slow map ran once, across both drivers
     assert counts_of(out) == sequential_wordcount(corpus)
     assert finish(worker).returncode == 0
+
+
+def test_attempts_waiting_in_a_batch_do_not_run_out_their_timeout(procs, tmp_path):
+    """Short tasks go to the task process in batches; one that waits behind a slow one has not
+    started, so --task-timeout must not count that wait (every attempt here runs in 1.5 s < 2 s)."""
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    for i in range(40):
+        (inputs / f"f{i:02d}.txt").write_text(f"line {i}\n")
+    job = write_job(tmp_path, """
+        import time
+        def mapper(key, value):
+            if key.endswith(("f20.txt", "f21.txt", "f22.txt")):
+                time.sleep(1.5)
+            yield value, 1
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+    result = procs.run(zmqmr_command("local", "--workers", 1, "--job", job, "--input", inputs,
+                                     "--output", tmp_path / "out", "--mappers", 40, "--task-timeout", 2,
+                                     "--max-attempts", 1, "-q"))
+    assert result.returncode == 0, result.stderr
+    assert counts_of(tmp_path / "out") == {f"line {i}": 1 for i in range(40)}

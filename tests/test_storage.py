@@ -213,6 +213,7 @@ def tiny_memory(monkeypatch):
 
     monkeypatch.setattr(mapbuffer.MapOutput, "__init__", small_init)
     monkeypatch.setattr(mapbuffer, "CHECK_EVERY", 16)
+    monkeypatch.setattr(mapbuffer, "MIN_CHECK_EVERY", 16)
     monkeypatch.setattr(tasks, "CHECK_EVERY", 16)
     monkeypatch.setattr(tasks, "LINES_PER_SLICE", 4)
     monkeypatch.setattr(storage, "write_run", spy_write)
@@ -455,3 +456,55 @@ def test_unsortable_keys_across_map_outputs_are_reported_at_reduce(tmp_path, mon
     bad = BadRecords(10) if skipping else None
     with pytest.raises(UserCodeError, match="not mutually sortable"):
         run_reduce(job, runs, str(tmp_path / "r" / "part"), bad=bad)
+
+
+# --- the memory budget holds against awkward jobs --------------------------------------------
+
+
+def many_pairs_per_line(key, line):
+    """A document per line: thousands of distinct keys from each."""
+    for i in range(2000):
+        yield f"{line}-{i:05d}-{'x' * 40}", i
+
+
+@pytest.mark.parametrize("path", ["mapper", "map_split"])
+def test_the_buffer_is_spilled_before_it_outgrows_its_budget(tmp_path, monkeypatch, path):
+    """However many pairs a line makes, the buffer is measured in time: never far past the budget."""
+    seen = []
+    spill = mapbuffer.MapOutput.spill
+
+    def watched_spill(self):
+        seen.append((self._estimate(), self.budget))
+        spill(self)
+
+    monkeypatch.setattr(mapbuffer.MapOutput, "spill", watched_spill)
+    source = tmp_path / "docs.txt"
+    source.write_text("".join(f"doc{n}\n" for n in range(300)))
+
+    def map_split(key, lines):
+        for line in lines:
+            yield from many_pairs_per_line(key, line)
+
+    job = Job("docs", many_pairs_per_line if path == "mapper" else None, lambda k, vs: [(k, sum(vs))], None,
+              default_partitioner, map_split if path == "map_split" else None)
+    parts, _ = run_map(job, [segment(str(source))], 1, str(tmp_path / "m"), memory_limit=MIN_MEMORY_LIMIT)
+    assert len(seen) >= 2, "600,000 pairs of about 150 bytes each must spill within 16 MiB"
+    assert max(estimate / budget for estimate, budget in seen) < 1.5, seen
+    assert sum(len(values) for _, values in storage.read_run(parts[0].path)) == 300 * 2000
+
+
+def test_a_partition_of_small_containers_is_merged_as_a_stream(tmp_path, monkeypatch):
+    """{"n": 1} is 4 bytes in msgpack and about 190 as a Python dict: measured, not assumed."""
+    run = tmp_path / "run.mpk"
+    storage.write_run(str(run), [(f"k{i:06d}", [{"n": 1}] * 4) for i in range(60_000)])
+    assert tasks._expansion([str(run)]) > 2 * tasks.IN_MEMORY_EXPANSION
+    streamed = []
+    merge = storage.merge_to_fan_in
+    monkeypatch.setattr(storage, "merge_to_fan_in", lambda *args, **kw: streamed.append(1) or merge(*args, **kw))
+    job = Job("dicts", None, lambda k, vs: [(k, sum(v["n"] for v in vs))], None, default_partitioner)
+    limit = 64 * 2**20
+    monkeypatch.setattr(tasks, "rss_bytes", lambda: 0)  # the whole limit is the budget
+    assert os.path.getsize(run) * tasks.IN_MEMORY_EXPANSION <= limit  # a fixed factor would load it
+    run_reduce(job, [str(run)], str(tmp_path / "out" / "part-00000"), memory_limit=limit)
+    assert streamed, "the partition would have taken more than the budget in memory"
+    assert open(tmp_path / "out" / "part-00000").read().count("\t4\n") == 60_000

@@ -21,7 +21,8 @@ from .protocol import PartFile
 from .usercode import PAIRS, shown, user_error, user_traceback
 
 _SMALL_INTS = range(-5, 257)
-CHECK_EVERY = 4096  # pairs between two looks at the buffer's size, at least
+CHECK_EVERY = 4096  # pairs between two looks at the buffer's size, while far from the budget
+MIN_CHECK_EVERY = 256  # pairs between two looks, at least
 
 
 def hashable_key(key: Any) -> Any:
@@ -141,7 +142,11 @@ class MapOutput:
                 self.held = self._combine_all()
             if self._estimate() >= self.budget / 2:
                 self.spill()
-        return max(CHECK_EVERY, self.held // 8, len(self.groups))
+        # The next look comes before the buffer can pass the budget, even if every pair
+        # to come has a new key; far from the budget, rarely, so looking stays cheap.
+        per_pair = self.KEY_OVERHEAD + self.key_size + self.VALUE_OVERHEAD + self.value_size
+        room = max(0.0, self.budget - self._estimate()) / per_pair
+        return max(MIN_CHECK_EVERY, min(int(room / 2), max(CHECK_EVERY, self.held // 8, len(self.groups))))
 
     def _sample(self, key: Any, value: Any) -> None:
         key_size, value_size = approx_size(key), approx_size(value)

@@ -13,11 +13,13 @@ import time
 from itertools import chain, islice
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import msgpack
+
 from . import counters, storage
 from .errors import UserCodeError
 from .inputs import Block, UndecodableInput, line_offset, read_blocks, read_segment, strip_line_ending
 from .job import Job
-from .mapbuffer import CHECK_EVERY, MapOutput, hashable_key, rss_bytes
+from .mapbuffer import CHECK_EVERY, MapOutput, approx_size, hashable_key, rss_bytes
 from .output import format_record
 from .protocol import DEFAULT_MEMORY_LIMIT, BadRecord, PartFile, Progress, RecordPosition, Segment, TaskStats
 from .usercode import shown, user_error
@@ -184,7 +186,7 @@ def _map_lines(job: Job, segment: Segment, output: MapOutput, encoding: str, err
     groups = output.groups
     get = groups.get
     records = size = lines_since_check = 0
-    lines_per_check = LINES_PER_SLICE
+    lines_per_check = 1  # the first line tells how many pairs a line makes
     key = value = None
     for block in _blocks(segment, encoding, errors):
         slots[IN_BLOCK] = 0  # first: a reader must never pair this block with the last one's index
@@ -193,10 +195,14 @@ def _map_lines(job: Job, segment: Segment, output: MapOutput, encoding: str, err
         slots[LINE] = block.lines_before
         size += len(block.raw)
         lines = block.lines
-        for first in range(0, len(lines), LINES_PER_SLICE):
+        first = 0
+        while first < len(lines):
+            # A slice is never longer than the lines until the next look at the buffer, so
+            # a mapper that emits thousands of pairs per line is measured often enough.
+            step = max(1, min(LINES_PER_SLICE, lines_per_check - lines_since_check))
             index = first
             try:
-                for line in islice(lines, first, first + LINES_PER_SLICE):
+                for line in islice(lines, first, first + step):
                     slots[IN_BLOCK] = index
                     for key, value in mapper(input_key, line):
                         try:
@@ -216,11 +222,12 @@ def _map_lines(job: Job, segment: Segment, output: MapOutput, encoding: str, err
             except Exception as exc:
                 raise user_error("mapper", exc, _block_line_location(segment, block, index)) from None
             lines_since_check += index - first
+            first = index
             if lines_since_check >= lines_per_check:
                 mapped = output.mapped
                 pairs_until_check = output.account((key, value))
                 pairs_per_line = max(output.mapped - mapped, 1) / lines_since_check
-                lines_per_check = max(16, int(pairs_until_check / pairs_per_line))
+                lines_per_check = max(1, int(pairs_until_check / pairs_per_line))
                 lines_since_check = 0
                 groups = output.groups
                 get = groups.get
@@ -351,7 +358,7 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=None,
     scratch = None
     try:
         budget = max(memory_limit - rss_bytes(), memory_limit // 4)  # what the process may still add
-        if bytes_in * IN_MEMORY_EXPANSION <= budget:
+        if bytes_in * IN_MEMORY_EXPANSION <= budget and bytes_in * _expansion(inputs) <= budget:
             records = list(counted(chain.from_iterable(storage.read_run(p) for p in inputs)))
             try:
                 records.sort(key=storage.first)
@@ -396,3 +403,24 @@ def run_reduce(job: Job, inputs: Iterable[str], out_path: str, progress=None,
     counters.add_framework("output records", records_out)
     return TaskStats(records_in=groups, bytes_in=bytes_in, records_out=records_out,
                      seconds=time.monotonic() - started)
+
+
+def _expansion(paths: List[str], sample_bytes: int = 64 * 1024) -> float:
+    """How many times its msgpack size the partition takes as Python objects, from its first records.
+
+    Small containers grow far more than strings (a 4-byte {"n": 1} takes about 190), so
+    a fixed factor would let some partitions past the memory limit.
+    """
+    for path in paths:
+        with open(path, "rb") as f:
+            head = f.read(sample_bytes)
+        if not head:
+            continue
+        unpacker = msgpack.Unpacker(use_list=False, raw=False, strict_map_key=False)
+        unpacker.feed(head)
+        size = used = 0
+        for record in unpacker:  # stops at a record the sample's end cuts
+            size += approx_size(record) + 8  # and its slot in the list
+            used = unpacker.tell()
+        return 1.25 * size / used if used else float(IN_MEMORY_EXPANSION)
+    return 1.0

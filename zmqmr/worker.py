@@ -205,7 +205,12 @@ class Worker:
                      [t.attempt for t in self.queue])
 
     def _queued(self) -> Tuple[int, ...]:
-        return tuple(t.attempt for t in self.queue)
+        """Attempts held here that have not started: those the task process has not reached in
+        its batch, and those still waiting in this loop. Their clocks must not run yet."""
+        running = self.executor.running_attempt()
+        in_batch = [t.attempt for t in self.batch if t.attempt not in self.cancelled]
+        waiting = in_batch[in_batch.index(running) + 1:] if running in in_batch else in_batch
+        return tuple(waiting) + tuple(t.attempt for t in self.queue)
 
     def _send(self, message: protocol.Message) -> None:
         self._send_frame(protocol.encode(message))
