@@ -214,7 +214,6 @@ def tiny_memory(monkeypatch):
     monkeypatch.setattr(mapbuffer.MapOutput, "__init__", small_init)
     monkeypatch.setattr(mapbuffer, "CHECK_EVERY", 16)
     monkeypatch.setattr(mapbuffer, "MIN_CHECK_EVERY", 16)
-    monkeypatch.setattr(tasks, "CHECK_EVERY", 16)
     monkeypatch.setattr(tasks, "LINES_PER_SLICE", 4)
     monkeypatch.setattr(storage, "write_run", spy_write)
     monkeypatch.setattr(storage, "merged_records", spy_merged)

@@ -328,7 +328,6 @@ def force_spills(monkeypatch):
 
     monkeypatch.setattr(mapbuffer.MapOutput, "__init__", small_init)
     monkeypatch.setattr(mapbuffer, "CHECK_EVERY", 4)
-    monkeypatch.setattr(tasks, "CHECK_EVERY", 4)
     monkeypatch.setattr(tasks, "LINES_PER_SLICE", 2)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from . import storage
 from .errors import UserCodeError
@@ -90,8 +90,8 @@ def write_records(path: str, records) -> Tuple[int, int]:
 class MapOutput:
     """Values grouped by key, within a memory budget; see the module's docstring.
 
-    The caller adds pairs to `groups` itself (the hot loop) and calls `account` every
-    so often with how many it added. The partitioner is called once per distinct key
+    Pairs come in through `add_pairs`, or straight into `groups` from a hot loop that
+    calls `account` every so often. The partitioner is called once per distinct key
     per spill, not once per pair: it must be a pure function of the key, as it must be
     anyway for every reducer to see all of its keys' values.
     """
@@ -107,6 +107,7 @@ class MapOutput:
         self.key_size = self.value_size = 0.0  # running averages of sampled pairs
         self.sampled = False
         self.held = 0  # values in the buffer
+        self.until_check = CHECK_EVERY  # pairs add_pairs may add before it calls `account`
         self.mapped = 0  # pairs added, in all
         self.runs: List[List[str]] = [[] for _ in range(reducers)]
         self.spills = 0
@@ -114,17 +115,30 @@ class MapOutput:
         self.spilled = 0  # values written to disk, in runs and in the final files
         self.written = 0  # values in the final files
 
-    def add(self, key: Any, value: Any) -> None:
-        """One pair, the slow way (the hot loops inline this, and call `account` every so often)."""
-        try:
-            held = self.groups.get(key)
-        except TypeError:
-            key = hashable_key(key)
-            held = self.groups.get(key)
-        if held is None:
-            self.groups[key] = [value]
-        else:
-            held.append(value)
+    def add_pairs(self, pairs: Iterable[Tuple[Any, Any]]) -> None:
+        """Add every pair, looking at the buffer's size every so often.
+
+        The per-line loop of `tasks._map_lines` inlines this, to save a call per line.
+        """
+        groups = self.groups
+        get = groups.get
+        until_check = self.until_check
+        for key, value in pairs:
+            try:
+                held = get(key)
+            except TypeError:
+                key = hashable_key(key)
+                held = get(key)
+            if held is None:
+                groups[key] = [value]
+            else:
+                held.append(value)
+            until_check -= 1
+            if until_check <= 0:
+                until_check = self.account((key, value))
+                groups = self.groups
+                get = groups.get
+        self.until_check = until_check
 
     def account(self, sample: Tuple[Any, Any] = None) -> int:
         """Count what the caller added to `groups` since the last call; combine or spill if past the budget.

@@ -19,7 +19,7 @@ from . import counters, storage
 from .errors import UserCodeError
 from .inputs import Block, UndecodableInput, line_offset, read_blocks, read_segment, strip_line_ending
 from .job import Job
-from .mapbuffer import CHECK_EVERY, MapOutput, approx_size, hashable_key, rss_bytes
+from .mapbuffer import MapOutput, approx_size, hashable_key, rss_bytes
 from .output import format_record
 from .protocol import DEFAULT_MEMORY_LIMIT, BadRecord, PartFile, Progress, RecordPosition, Segment, TaskStats
 from .usercode import shown, user_error
@@ -251,43 +251,22 @@ def _map_split(job: Job, segment: Segment, output: MapOutput, encoding: str, err
             counts[1] += len(block.raw)
             yield block.lines
 
-    added = 0
-    check_after = CHECK_EVERY
-    key = value = None
-    groups = output.groups
-    get = groups.get
-    try:  # map_split's pairs are already few, so counting each costs little
-        for key, value in job.map_split(segment.key, chain.from_iterable(lines())):
-            try:
-                held = get(key)
-            except TypeError:
-                key = hashable_key(key)
-                held = get(key)
-            if held is None:
-                groups[key] = [value]
-            else:
-                held.append(value)
-            added += 1
-            if added >= check_after:
-                check_after = output.account((key, value))
-                added = 0
-                groups = output.groups
-                get = groups.get
+    try:
+        output.add_pairs(job.map_split(segment.key, chain.from_iterable(lines())))
     except UserCodeError as exc:
         if not exc.location:
             exc.location = f"{segment.key}, the lines from byte {slots[OFFSET]}"
         raise
     except Exception as exc:
         raise user_error("map_split", exc, f"{segment.key}, the lines from byte {slots[OFFSET]}") from None
-    output.account((key, value) if added else None)
+    output.account()
     return counts[0], counts[1]
 
 
 def _map_skipping(job: Job, segment: Segment, segment_index: int, output: MapOutput, encoding: str,
                   errors: str, slots, bad: BadRecords, records_before: int) -> Tuple[int, int]:
     """Under --skip-bad-records: line by line, each record mapped all or nothing."""
-    records = size = added = 0
-    check_after = CHECK_EVERY
+    records = size = 0
     line_number = 0
     mapper, input_key = job.mapper, segment.key
     if mapper is None:
@@ -317,12 +296,7 @@ def _map_skipping(job: Job, segment: Segment, segment_index: int, output: MapOut
         except Exception as exc:
             bad.add(user_error("mapper", exc, location))
             continue
-        for key, value in pairs:
-            output.add(key, value)
-        added += len(pairs)
-        if added >= check_after:
-            check_after = output.account(pairs[-1])
-            added = 0
+        output.add_pairs(pairs)
     output.account()
     return records, size
 
