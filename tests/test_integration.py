@@ -163,8 +163,22 @@ def test_worker_started_after_the_job_ended_exits(procs, corpus, tmp_path):
 def test_garbage_on_the_driver_port_changes_nothing(procs, corpus, tmp_path):
     port = free_port()
     out = tmp_path / "out"
-    driver = procs.start(zmqmr_command("driver", "--input", *corpus, "--output", out, "--port", port,
-                                       "--mappers", 8))
+    gate = tmp_path / "both-workers-registered"
+    # The maps wait until both workers are registered: a job this small could otherwise end before
+    # the second worker's hello arrives, and a worker the driver never knew is never told to exit.
+    job = write_job(tmp_path, f"""
+        import os, re, time
+        def mapper(path, line):
+            deadline = time.monotonic() + 60
+            while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for word in re.findall(r"[^\\W\\d_]+", line):
+                yield word, 1
+        def reducer(word, counts):
+            yield word, sum(counts)
+        """)
+    driver = procs.start(zmqmr_command("driver", "--job", job, "--input", *corpus, "--output", out,
+                                       "--port", port, "--mappers", 8))
     endpoint = f"tcp://127.0.0.1:{port}"
     context = zmq.Context()
     junk = context.socket(zmq.DEALER)
@@ -191,6 +205,9 @@ def test_garbage_on_the_driver_port_changes_nothing(procs, corpus, tmp_path):
     for _ in range(50):
         for message in bad_messages:
             junk.send_multipart(message)
+    wait_for(lambda: len(status.query(endpoint, "workers", timeout=1)) == 2, 30,
+             "both workers to register")
+    gate.touch()
     result = finish(driver)
     junk.close()
     context.term()
