@@ -257,7 +257,7 @@ def test_mappers_gives_exactly_that_many_splits(mappers):
     for f in files:
         segs = [seg for split in splits for seg in split if seg.key == f.key]
         if f.gzip:
-            assert segs == [Segment(key=f.key, path=f.path, start=0, end=f.size, gzip=True)]
+            assert segs == [Segment(key=f.key, path=f.path, start=0, end=f.size, gzip=True, size=f.size)]
             continue
         pos = 0
         for seg in segs:
@@ -296,7 +296,7 @@ def test_gzip_files_are_never_cut_with_mappers(mappers):
     for f in files:
         if f.gzip:
             segs = [seg for split in splits for seg in split if seg.key == f.key]
-            assert segs == [Segment(key=f.key, path=f.path, start=0, end=f.size, gzip=True)]
+            assert segs == [Segment(key=f.key, path=f.path, start=0, end=f.size, gzip=True, size=f.size)]
 
 
 def sizes_of(splits):

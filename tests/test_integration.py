@@ -661,3 +661,18 @@ def test_attempts_waiting_in_a_batch_do_not_run_out_their_timeout(procs, tmp_pat
                                      "--max-attempts", 1, "-q"))
     assert result.returncode == 0, result.stderr
     assert counts_of(tmp_path / "out") == {f"line {i}": 1 for i in range(40)}
+
+
+def test_staging_moves_input_and_output_through_the_driver_and_the_answer_is_exact(procs, corpus, tmp_path):
+    """--staging always: every split is read from the driver over the socket (cut mid-line), every
+    reduce output is sent back to it; the answer is the same."""
+    out, log = tmp_path / "out", tmp_path / "driver.log"
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--reducers", 3, "--mappers", 7, "--staging", "always",
+                                     "--input", *corpus, "--output", out, "--log-file", log, "-q"))
+    assert result.returncode == 0, result.stderr
+    assert counts_of(out) == sequential_wordcount(corpus)
+    staged = [line for line in log.read_text().splitlines() if "staging: sent" in line]
+    assert staged, log.read_text()
+    sent, received = [int(w) for w in staged[0].split() if w.isdigit()][:2]
+    assert sent >= sum(os.path.getsize(p) for p in corpus)
+    assert received == sum(os.path.getsize(out / n) for n in os.listdir(out) if n.startswith("part-"))

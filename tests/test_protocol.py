@@ -39,11 +39,13 @@ RECORD_SAMPLES = {
     p.Progress: PROGRESS,
     p.RecordPosition: POSITION,
     p.BadRecord: BADRECORD,
+    p.MapOutput: p.MapOutput(map=4, path="/work/j/map-00004-a9/part-00001.mpk", size=77, shuffle="tcp://10.0.0.2:4"),
 }
 
 # One instance of every message type, every field set to a non-default value.
 MESSAGE_SAMPLES = {
-    "hello": p.Hello(worker="w-1", inc="inc-9", host="node-1", pid=4242, software="zmqmr 0.1"),
+    "hello": p.Hello(worker="w-1", inc="inc-9", host="node-1", pid=4242, software="zmqmr 0.1",
+                     shuffle="tcp://10.0.0.7:41234"),
     "request": p.Request(worker="w-1", inc="i", running=(1, 2, 2**62), queued=(2,), want=p.MAX_PREFETCH),
     "heartbeat": p.Heartbeat(worker="w-1", inc="i", running=(0, 5), queued=(5,), progress=(PROGRESS,)),
     "done": p.Done(worker="w-1", inc="i", attempt=17,
@@ -51,7 +53,7 @@ MESSAGE_SAMPLES = {
                    output="/out/part-00000", stats=TASKSTATS,
                    counters=(COUNTER, p.CounterValue(group="zmqmr", name="input records", value=2**40)),
                    bad_records=(BADRECORD,), bad_count=7),
-    "failed": p.Failed(worker="w-1", inc="i", attempt=3, error=TASKERROR, lost=True),
+    "failed": p.Failed(worker="w-1", inc="i", attempt=3, error=TASKERROR, lost=True, fetch_failed=(0, 7)),
     "batch": p.Batch(worker="w-1", inc="i", items=(
         p.Done(worker="w-1", inc="i", attempt=17, kind="map", index=3, job_id="job-1", parts=(PARTFILE,),
                stats=TASKSTATS, counters=(COUNTER,)),
@@ -59,10 +61,11 @@ MESSAGE_SAMPLES = {
         p.Request(worker="w-1", inc="i", running=(4, 5), queued=(5,), want=7))),
     "status": p.StatusQuery(what="task", kind="map", index=7),
     "welcome": p.Welcome(job_id="job-1", job=JOBSPEC, reducers=4, heartbeat_interval=0.5,
-                         work_dir="/tmp/work"),
+                         work_dir="/tmp/work", worker_timeout=9.0, staging="always", probe="ab" * 16),
     "task": p.Task(job_id="job-1", kind="map", index=2, attempt=9,
                    segments=(SEGMENT, p.Segment(key="", path="/b", start=0, end=0)),
-                   inputs=("/w/a", "/w/b"), output_dir="/out", skip=(POSITION,)),
+                   sources=(p.MapOutput(map=1, path="/w/a", size=10, shuffle="tcp://h:1"),
+                            p.MapOutput(map=2, path="/w/b", size=0)), output_dir="/out", skip=(POSITION,)),
     "wait": p.Wait(retry_after=2.5),
     "wake": p.Wake(),
     "cancel": p.Cancel(attempt=5, reason="ran too long"),
@@ -74,6 +77,12 @@ MESSAGE_SAMPLES = {
     "status_reply": p.StatusReply(ok=True, data={"tasks": [{"index": 1, "state": "done"}],
                                                  "n": 3, "f": 1.5, "none": None, "flag": False},
                                   error="nothing"),
+    "read_input": p.ReadInput(worker="w-1", inc="i", attempt=8, segment=2, offset=2**40, length=p.MAX_CHUNK_BYTES,
+                              tag=5),
+    "upload": p.Upload(worker="w-1", inc="i", attempt=8, offset=10, data=b"\x00bytes\xff", last=True),
+    "upload_ack": p.UploadAck(attempt=8, received=2**33, done=True, error="disk full"),
+    "fetch": p.Fetch(path="0123456789ab/map-00001-a7/part-00000.mpk", offset=2**40, length=1, tag=2**40),
+    "chunk": p.Chunk(tag=3, offset=4, data=b"\x00" * 100, eof=True, error="refused"),
 }
 
 # The same types with only their required fields.
@@ -95,15 +104,22 @@ MINIMAL_SAMPLES = {
     "exit": p.Exit(),
     "bundle": p.Bundle(),
     "status_reply": p.StatusReply(ok=False),
+    "read_input": p.ReadInput(worker="w", inc="i", attempt=0, segment=0, offset=0, length=1),
+    "upload": p.Upload(worker="w", inc="i", attempt=0, offset=0),
+    "upload_ack": p.UploadAck(attempt=0),
+    "fetch": p.Fetch(path="x", offset=0, length=1),
+    "chunk": p.Chunk(),
 }
+
+ALL_TYPES = {**p.TO_DRIVER, **p.TO_WORKER, **p.TO_SHUFFLE, **p.TO_FETCHER}
 
 
 def direction(mtype):
-    return p.TO_DRIVER if mtype in p.TO_DRIVER else p.TO_WORKER
+    return next(d for d in (p.TO_DRIVER, p.TO_WORKER, p.TO_SHUFFLE, p.TO_FETCHER) if mtype in d)
 
 
 def other_direction(mtype):
-    return p.TO_WORKER if mtype in p.TO_DRIVER else p.TO_DRIVER
+    return p.TO_WORKER if mtype in p.TO_DRIVER else p.TO_DRIVER  # TO_DRIVER takes no shuffle or fetcher type
 
 
 def body_of(message):
@@ -127,10 +143,11 @@ def reason_of(frame, allowed=p.TO_DRIVER):
 
 
 def test_samples_cover_every_message_type():
-    assert set(MESSAGE_SAMPLES) == set(p.TO_DRIVER) | set(p.TO_WORKER)
+    assert set(MESSAGE_SAMPLES) == set(ALL_TYPES)
     assert set(MINIMAL_SAMPLES) == set(MESSAGE_SAMPLES)
     assert not set(p.TO_DRIVER) & set(p.TO_WORKER)
-    for mtype, cls in {**p.TO_DRIVER, **p.TO_WORKER}.items():
+    assert len(ALL_TYPES) == len(p.TO_DRIVER) + len(p.TO_WORKER) + len(p.TO_SHUFFLE) + len(p.TO_FETCHER)
+    for mtype, cls in ALL_TYPES.items():
         assert cls.TYPE == mtype
         assert type(MESSAGE_SAMPLES[mtype]) is cls
 
@@ -151,7 +168,7 @@ def test_round_trip(mtype, samples):
 def test_envelope_holds_version_and_type(mtype):
     frame = p.encode(MESSAGE_SAMPLES[mtype])
     version, t, body = p.peek_envelope(frame)
-    assert version == p.PROTOCOL_VERSION == 2
+    assert version == p.PROTOCOL_VERSION == 3
     assert t == mtype
     assert body == body_of(MESSAGE_SAMPLES[mtype])
 
@@ -165,7 +182,8 @@ def test_nested_records_decode_to_records():
     welcome = p.decode(p.encode(MESSAGE_SAMPLES["welcome"]), p.TO_WORKER)
     assert isinstance(welcome.job, p.JobSpec) and welcome.job == JOBSPEC
     task = p.decode(p.encode(MESSAGE_SAMPLES["task"]), p.TO_WORKER)
-    assert task.segments[0] == SEGMENT and isinstance(task.inputs, tuple)
+    assert task.segments[0] == SEGMENT and isinstance(task.sources, tuple)
+    assert all(isinstance(x, p.MapOutput) for x in task.sources)
 
 
 def test_missing_optional_fields_take_defaults():
@@ -415,9 +433,19 @@ EXPLICIT_BAD = [
     ("task", "segments", [{"key": "k", "path": "/p", "start": 0, "end": 5, "gzip": "no"}]),
     ("task", "segments", [{"key": 1, "path": "/p", "start": 0, "end": 5}]),
     ("task", "segments", [None]),
-    ("task", "inputs", [""]),
-    ("task", "inputs", [b"/p"]),
-    ("task", "inputs", "/p"),
+    ("task", "sources", [{"map": 0, "path": "", "size": 1}]),
+    ("task", "sources", [{"map": 0, "path": b"/p", "size": 1}]),
+    ("task", "sources", [{"map": -1, "path": "/p", "size": 1}]),
+    ("task", "sources", "/p"),
+    ("upload", "data", "text, not bytes"),
+    ("upload", "data", b"x" * (p.MAX_CHUNK_BYTES + 1)),
+    ("read_input", "length", p.MAX_CHUNK_BYTES + 1),
+    ("read_input", "length", 0),
+    ("fetch", "path", ""),
+    ("fetch", "offset", -1),
+    ("chunk", "data", b"x" * (p.MAX_CHUNK_BYTES + 1)),
+    ("welcome", "staging", "sometimes"),
+    ("failed", "fetch_failed", [-1]),
     ("exit", "ok", 1),
     ("exit", "ok", None),
     ("exit", "reason", "r" * (p.MAX_TEXT_LEN + 1)),
@@ -447,9 +475,9 @@ def test_over_long_job_source_is_rejected():
 
 
 def test_list_over_max_list_len_is_rejected():
-    body = body_of(MESSAGE_SAMPLES["task"])
-    body["inputs"] = ["/p"] * (p.MAX_LIST_LEN + 1)
-    assert reason_of(pack(body), p.TO_WORKER) == "schema"
+    # small items: the frame stays under the size limit
+    body = body_of(MESSAGE_SAMPLES["failed"]) | {"fetch_failed": [0] * (p.MAX_LIST_LEN + 1)}
+    assert reason_of(pack(body), p.TO_DRIVER) == "schema"
 
 
 def _valid_value(chk):
@@ -462,6 +490,8 @@ def _valid_value(chk):
         return chk.low
     if isinstance(chk, p.Flag):
         return False
+    if isinstance(chk, p.Bin):
+        return b""
     if isinstance(chk, p.OneOf):
         return chk.choices[0]
     if isinstance(chk, p.Nested):
@@ -507,6 +537,8 @@ def _bad_values(chk, depth=0):
         return bad
     if isinstance(chk, p.Plain):
         return []
+    if isinstance(chk, p.Bin):
+        return ["text", 1, None, [b"x"], b"x" * (chk.max_len + 1)]
     if isinstance(chk, p.Items):  # a bad item is rejected alone (see the batch tests); a bad list is not
         return ["x", 1, {"a": 1}, None, [{"t": chk.allowed[0]}] * (p.MAX_BATCH_ITEMS + 1)]
     raise AssertionError(chk)
@@ -660,6 +692,8 @@ def _near_values(chk):
         return strat
     if isinstance(chk, p.Flag):
         return st.booleans() | st.sampled_from([0, 1])
+    if isinstance(chk, p.Bin):
+        return st.binary(max_size=64) | st.sampled_from([b"x" * chk.max_len, b"x" * (chk.max_len + 1), "text"])
     if isinstance(chk, p.OneOf):
         return st.sampled_from(list(chk.choices) + ["", "bogus"])
     if isinstance(chk, p.ListOf):

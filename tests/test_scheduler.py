@@ -74,8 +74,10 @@ def config(**overrides) -> SchedulerConfig:
 class Sim:
     """A scheduler, a clock, and well-behaved fake workers that remember what they hold."""
 
-    def __init__(self, num_maps: int = 2, num_reduces: int = 2, **cfg):
+    def __init__(self, num_maps: int = 2, num_reduces: int = 2, shared_storage: bool = True, **cfg):
         self.s = Scheduler(num_maps, num_reduces, config(**cfg))
+        if shared_storage:  # map output outlives its worker; see the lost-output tests for the other case
+            self.s.sees = lambda path, size: True
         self.now = 0.0
         self.inc: Dict[str, str] = {}
         self.held: Dict[str, Set[int]] = defaultdict(set)
@@ -963,6 +965,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                           speculation_factor=factor, speculation_min_seconds=min_seconds,
                           blacklist_after=blacklist_after, task_timeout=task_timeout)
         self.s = Scheduler(num_maps, num_reduces, self.cfg)
+        self.s.sees = lambda path, size: True  # shared storage: lost output is tested by example, below
         self.nm, self.nr = num_maps, num_reduces
         self.now = 0.0
         # The fake processes.
@@ -2223,3 +2226,111 @@ def test_a_busy_worker_gets_no_backup_and_an_idle_one_does():
     sim.done("fast", b.attempt)
     backup = assigns(sim.request("fast"))
     assert [(x.kind, x.index) for x in backup] == [(MAP, straggler.index)]
+
+
+# --- map output that lives only on its worker (no shared storage) ------------------------
+
+
+def _fetch_failed(sim, worker, attempt, maps):
+    sim.held[worker].discard(attempt)
+    error = TaskError(kind="TransferFailed", message="no answer from tcp://h:1", host="h")
+    return sim.send(Failed(worker=worker, inc=sim._inc(worker, None), attempt=attempt, error=error,
+                           fetch_failed=tuple(maps)))
+
+
+def _maps_on(sim, layout):
+    """Run map task i on worker layout[i]; every worker registers first."""
+    for worker in sorted(set(layout)):
+        sim.hello(worker)
+    for index, worker in enumerate(layout):
+        a = sim.assign(worker)
+        assert (a.kind, a.index) == (MAP, index)
+        sim.done(worker, a.attempt)
+
+
+def test_a_lost_workers_map_output_is_remade_while_finished_reduces_stay_finished():
+    sim = Sim(3, 2, shared_storage=False)
+    _maps_on(sim, ["w1", "w1", "w2"])
+    assert sim.s.state == JobState.REDUCING
+    r0 = sim.assign("w2")
+    sim.done("w2", r0.attempt)
+    sim.now = 4.0
+    sim.heartbeat("w2")
+    sim.tick(6.0)  # w1 is silent past the timeout: its two map outputs are gone with it
+    assert "w1" not in sim.s.workers
+    assert sim.state(REDUCE, r0.index) == TaskState.FINISHED
+    other = 1 - r0.index
+    assert sim.state(REDUCE, other) == TaskState.BLOCKED  # waits for the map output again
+    assert [sim.state(MAP, i) for i in range(3)] == [TaskState.READY, TaskState.READY, TaskState.FINISHED]
+    assert sim.s.state == JobState.MAPPING
+    assert CounterValue("zmqmr", "map tasks re-run for lost output", 2) in sim.s.counter_values()
+    for index in (0, 1):
+        a = sim.assign("w2")
+        assert (a.kind, a.index) == (MAP, index)
+        sim.done("w2", a.attempt, parts=[PartFile(partition=p, path=f"new-{index}-{p}", size=1) for p in range(2)])
+    assert sim.s.state == JobState.REDUCING
+    r1 = sim.assign("w2")
+    assert (r1.kind, r1.index) == (REDUCE, other)
+    assert sim.s.tasks[(MAP, 0)].output[0].path == "new-0-0" and sim.s.tasks[(MAP, 0)].winner_worker == "w2"
+    actions = sim.done("w2", r1.attempt)
+    assert [a for a in actions if isinstance(a, CommitOutput)]
+
+
+def test_output_the_driver_sees_outlives_its_worker():
+    sim = Sim(2, 1)  # shared storage: the driver sees every map output file
+    _maps_on(sim, ["w1", "w2"])
+    sim.now = 4.0
+    sim.heartbeat("w2")
+    sim.tick(6.0)
+    assert "w1" not in sim.s.workers
+    assert sim.state(MAP, 0) == TaskState.FINISHED and sim.s.state == JobState.REDUCING
+    assert sim.s.maps_rerun == 0
+
+
+def test_a_reducer_that_cannot_fetch_gets_the_output_remade_and_the_holder_comes_back():
+    sim = Sim(2, 1, shared_storage=False)
+    _maps_on(sim, ["w1", "w2"])
+    r = sim.assign("w2")
+    actions = _fetch_failed(sim, "w2", r.attempt, [0])
+    assert [a for a in actions if isinstance(a, AttemptFailed)]
+    assert "w1" not in sim.s.workers  # its shuffle service is unreachable: lost, and its output with it
+    assert sim.state(MAP, 0) == TaskState.READY and sim.state(MAP, 1) == TaskState.FINISHED
+    reduce = sim.s.tasks[(REDUCE, 0)]
+    assert reduce.state == TaskState.BLOCKED and reduce.failures == 0 and reduce.fetch_failures == 1
+    # w1 speaks again: it is told to register, and may then take work like any worker.
+    assert sim.heartbeat("w1") == [Send("w1", Reregister(reason="unknown worker; say hello"))]
+    sim.held["w1"] = set()
+    assert Greet("w1") in sim.hello("w1")
+    a = sim.assign("w1")
+    assert (a.kind, a.index) == (MAP, 0)
+    sim.done("w1", a.attempt)
+    again = sim.assign("w2")
+    assert (again.kind, again.index) == (REDUCE, 0) and again.attempt != r.attempt
+    assert sim.s.tasks[(MAP, 0)].finished_at == sim.now
+
+
+def test_a_fetch_failure_about_output_remade_since_changes_nothing():
+    sim = Sim(2, 1, shared_storage=False)
+    _maps_on(sim, ["w1", "w2"])
+    r = sim.assign("w2")
+    sim.now = 1.0
+    sim.tick(1.0)
+    task = sim.s.tasks[(MAP, 0)]
+    task.finished_at = 2.0  # as if map 0 had been re-made after the reduce attempt was handed out
+    _fetch_failed(sim, "w2", r.attempt, [0])
+    assert "w1" in sim.s.workers and task.state == TaskState.FINISHED
+    assert sim.state(REDUCE, 0) == TaskState.READY
+
+
+def test_a_reduce_that_can_never_fetch_fails_the_job_after_max_worker_losses():
+    sim = Sim(1, 1, shared_storage=False, max_worker_losses=2)
+    sim.hello("w2")
+    for round_ in range(2):
+        a = sim.assign("w2")
+        assert a.kind == MAP
+        sim.done("w2", a.attempt)
+        r = sim.assign("w2")
+        actions = _fetch_failed(sim, "w2", r.attempt, [0])
+        sim.hello("w2") if "w2" not in sim.s.workers else None
+    assert finished(actions) and not finished(actions)[0].ok
+    assert "could not fetch its input 2 times" in sim.s.failure.reason

@@ -850,7 +850,8 @@ def test_progress_of_a_reduce_names_the_key_number(tmp_path):
     parts, _ = run_map(make_job(words), segments_of(tmp_path, "a b c d\n"), 1, str(tmp_path / "m"))
     progress = NoProgress()
     progress[ATTEMPT] = 4
-    task = protocol.Task(job_id="job", kind="reduce", index=0, attempt=4, inputs=(parts[0].path,))
+    task = protocol.Task(job_id="job", kind="reduce", index=0, attempt=4,
+                         sources=(protocol.MapOutput(map=0, path=parts[0].path, size=parts[0].size),))
     seen = {}
 
     def reducer(key, values):

@@ -18,7 +18,7 @@ from . import __version__
 from .errors import UsageError, ZmqmrError
 from .logs import LEVELS, setup_logging
 from .inputs import DEFAULT_SPLIT_BYTES, DRIVER_PARALLELISM, TASKS_PER_WORKER
-from .protocol import DEFAULT_MEMORY_LIMIT, MAX_NAME_LEN, MIN_MEMORY_LIMIT
+from .protocol import DEFAULT_MEMORY_LIMIT, MAX_NAME_LEN, MIN_MEMORY_LIMIT, STAGING_MODES
 
 DESCRIPTION = {
     "zmqmr-driver": "Run a MapReduce job: hand out tasks to zmqmr-worker processes and commit the output.",
@@ -124,6 +124,10 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
                      help="TCP port the driver listens on (0: any free port)")
     net.add_argument("--bind-host", default="127.0.0.1",
                      help="address the driver listens on; 0.0.0.0 for workers on other hosts")
+    net.add_argument("--staging", choices=STAGING_MODES, default="auto",
+                     help="whether workers read input from, and send reduce output to, the driver over the socket: "
+                          "auto (where a worker cannot see the files: checked per file), always, or never "
+                          "(shared storage)")
     net.add_argument("--heartbeat-interval", type=positive_seconds, default=1.0, metavar="SECONDS",
                      help="how often workers report while busy")
     net.add_argument("--worker-timeout", type=positive_seconds, default=5.0, metavar="SECONDS",
@@ -241,7 +245,7 @@ def _driver_settings(args: argparse.Namespace):
                              speculation_min_seconds=args.speculation_min_seconds)
     return DriverSettings(bind_host=args.bind_host, port=args.port, heartbeat_interval=args.heartbeat_interval,
                           scheduler=config, http_port=args.http_port, counters_json=args.counters_json,
-                          progress=_shows_progress(args), quiet=args.quiet)
+                          progress=_shows_progress(args), quiet=args.quiet, staging=args.staging)
 
 
 def _driver(argv: Optional[List[str]]) -> int:
@@ -280,15 +284,25 @@ def _local(argv: Optional[List[str]]) -> int:
 def _worker(argv: Optional[List[str]]) -> int:
     from .procutil import die_with_parent
     from .worker import Worker, WorkerSettings
+    from .workdir import default_work_dir
 
     parser = _parser("zmqmr-worker")
-    parser.add_argument("--driver", required=True, metavar="ENDPOINT",
-                        help="the driver's address, such as tcp://driver-host:5555")
+    parser.add_argument("--driver", metavar="ENDPOINT",
+                        help="the driver's address, such as tcp://driver-host:5555 (required, but with --clean)")
     parser.add_argument("--name", help="this worker's name (default: HOST-PID); "
                                        "a restarted worker may reuse its name")
     parser.add_argument("--work-dir", metavar="DIR",
-                        help="directory for map output (default: the driver's --work-dir, "
-                             "else a fresh temporary directory)")
+                        help="directory for map output (default: the driver's --work-dir if this host sees it, "
+                             f"else {default_work_dir()})")
+    parser.add_argument("--clean", action="store_true",
+                        help="remove what failed or killed jobs left in the work dir, and exit")
+    shuffle = parser.add_argument_group("shuffle service (reducers on other hosts fetch this worker's map output)")
+    shuffle.add_argument("--bind-host", metavar="ADDRESS",
+                         help="address to serve on (default: this host's address on the route to the driver)")
+    shuffle.add_argument("--advertise-host", metavar="ADDRESS",
+                         help="address other hosts reach the service at, if not the bound one (NAT, 0.0.0.0)")
+    shuffle.add_argument("--shuffle-port", type=port_number, default=0, metavar="PORT",
+                         help="port to serve on (0: any free port)")
     parser.add_argument("--heartbeat-interval", type=positive_seconds, metavar="SECONDS",
                         help="how often to report while busy (default: the driver's setting)")
     parser.add_argument("--driver-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
@@ -296,6 +310,10 @@ def _worker(argv: Optional[List[str]]) -> int:
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _add_logging(parser)
     args = parser.parse_args(argv)
+    if args.clean:
+        return _clean_work_dir(args.work_dir or default_work_dir())
+    if not args.driver:
+        parser.error("the following arguments are required: --driver")
     if not args.driver.startswith(("tcp://", "ipc://", "inproc://")):
         parser.error(f"--driver {args.driver!r} is not a ZeroMQ endpoint such as tcp://host:5555")
     if args.name is not None and not 0 < len(args.name) <= MAX_NAME_LEN:
@@ -303,10 +321,26 @@ def _worker(argv: Optional[List[str]]) -> int:
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     settings = WorkerSettings(driver=args.driver, name=args.name, work_dir=args.work_dir,
-                              heartbeat_interval=args.heartbeat_interval, driver_timeout=args.driver_timeout)
+                              heartbeat_interval=args.heartbeat_interval, driver_timeout=args.driver_timeout,
+                              bind_host=args.bind_host, advertise_host=args.advertise_host,
+                              shuffle_port=args.shuffle_port)
     worker = Worker(settings)
     _setup_logging(args, worker.name, logging.WARNING if args.parent_pid else None)
     return worker.run()
+
+
+def _clean_work_dir(work_dir: str) -> int:
+    from .workdir import remove_stale
+
+    if not os.path.isdir(work_dir):
+        print(f"{work_dir} does not exist: nothing to clean")
+        return 0
+    removed = remove_stale(work_dir)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"{len(removed)} job director{'y' if len(removed) == 1 else 'ies'} removed from {work_dir}; "
+          "directories of running jobs are kept")
+    return 0
 
 
 # --- zmqmr-status ------------------------------------------------------------------------------

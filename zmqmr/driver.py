@@ -23,6 +23,9 @@ import zmq
 from . import protocol
 from .errors import OutputError, ProtocolError
 from .journal import FinishedTask, Journal, JournalError
+from .staging import Staging
+from .workdir import JobDir, new_probe_token, remove_stale, write_probe
+from .executor import reduce_output_path
 from .output import SUCCESS, OutputDir
 from .plan import JobPlan
 from .monitor import SNAPSHOT_INTERVAL, Monitor, failure_report, print_counters, split_bytes
@@ -42,6 +45,16 @@ COUNTERS_FILE = "_counters.json"
 BAD_RECORDS_FILE = os.path.join("_bad_records", "bad-records.jsonl")
 
 
+def _sees(path: str, size: int) -> bool:
+    """The driver sees this file (of this size; -1: any): it is on this host or on shared storage."""
+    if size < 0:
+        return os.path.isfile(path)
+    try:
+        return os.path.getsize(path) == size
+    except OSError:
+        return False
+
+
 def counters_json(totals: Dict[str, Dict[str, int]]) -> str:
     return json.dumps(totals, indent=2, ensure_ascii=False) + "\n"
 
@@ -56,6 +69,7 @@ class DriverSettings:
     counters_json: Optional[str] = None  # instead of OUTPUT/_counters.json
     progress: bool = True  # a progress display (a bar on a terminal, else a line every few seconds)
     quiet: bool = False  # no counters table at the end
+    staging: str = "auto"  # input and output through the driver: auto (where workers cannot see them), always, never
 
 
 class BadMessageLog:
@@ -97,13 +111,18 @@ class Driver:
         self.health_checks: List = []  # callables: a reason to give up the job, or ""
         self.journal = Journal(plan.work_dir) if plan.work_dir and plan.journaled else None
         self.interrupted = False
-        self.reduce_inputs: Optional[List[List[str]]] = None
+        self.reduce_inputs: Optional[List[List[protocol.MapOutput]]] = None
+        self.reduce_inputs_generation = -1
         self.failure: Optional[JobFailure] = None
         self.succeeded = False
+        self.probe = new_probe_token()
+        self.job_dir: Optional[JobDir] = None
+        self.staging = Staging(self.splits)
+        self.scheduler.sees = _sees
         self.welcome_frame = protocol.encode(protocol.Welcome(
             job_id=plan.job_id, job=plan.job, reducers=plan.reducers,
             heartbeat_interval=settings.heartbeat_interval, work_dir=plan.work_dir,
-            worker_timeout=settings.scheduler.worker_timeout,
+            worker_timeout=settings.scheduler.worker_timeout, staging=settings.staging, probe=self.probe,
         ))
         self.context: Optional[zmq.Context] = None
         self.sock = None
@@ -119,6 +138,12 @@ class Driver:
             raise JournalError(f"the job of this journal already succeeded ({self.output.path} has _SUCCESS); "
                                f"remove {self.journal.path} to run it again")
         self.output.prepare(self.plan.force, [f.path for f in self.plan.inputs], resume=self.plan.resume is not None)
+        write_probe(self.output.temp_dir, self.probe)  # workers that read it there write the output directly
+        if self.plan.work_dir:
+            for path in remove_stale(self.plan.work_dir, keep=self.plan.job_id):
+                log.info("removed %s, left by a job that failed or was killed", path)
+            self.job_dir = JobDir(self.plan.work_dir, self.plan.job_id)
+            write_probe(self.job_dir.path, self.probe)  # workers that read it there keep map output here
         self.context = zmq.Context()
         self.sock = self.context.socket(zmq.ROUTER)
         self.sock.linger = 0
@@ -252,6 +277,9 @@ class Driver:
             self._carry_out([CommitOutput(outputs)], now)
 
     def close(self) -> None:
+        self.staging.close()
+        if self.job_dir is not None:
+            self.job_dir.release()
         if self.journal is not None:
             self.journal.unlock()
         if self.status_server is not None:
@@ -287,6 +315,9 @@ class Driver:
             return
         if isinstance(message, protocol.StatusQuery):
             self._send_frame(route, protocol.encode(self._status(message, now)))
+            return
+        if isinstance(message, (protocol.ReadInput, protocol.Upload)):
+            self._send_frame(route, protocol.encode(self._stage(message, now)))
             return
         if isinstance(message, protocol.Batch):
             actions = []
@@ -326,6 +357,21 @@ class Driver:
         else:
             reason = f"the driver refused this worker's hello: {error}"
         self._send_frame(route, protocol.encode(protocol.Exit(reason=reason, ok=False)))
+
+    def _stage(self, message, now: float) -> protocol.Message:
+        """Input bytes for, or output bytes from, a live attempt of a registered worker (--staging)."""
+        scheduler = self.scheduler
+        kind = scheduler.live_attempt(message.worker, message.inc, message.attempt, now)
+        if isinstance(message, protocol.ReadInput):
+            if kind != MAP:
+                return protocol.Chunk(tag=message.tag, offset=message.offset,
+                                      error=f"attempt {message.attempt} is no live map attempt of this worker")
+            return self.staging.read_input(message, scheduler.attempts[message.attempt].task[1])
+        if kind != REDUCE:
+            return protocol.UploadAck(attempt=message.attempt,
+                                      error=f"attempt {message.attempt} is no live reduce attempt of this worker")
+        index = scheduler.attempts[message.attempt].task[1]
+        return self.staging.receive(message, reduce_output_path(self.output.temp_dir, index, message.attempt))
 
     # --- acting ---------------------------------------------------------------------------
 
@@ -441,16 +487,19 @@ class Driver:
                                  segments=self.splits[action.index],
                                  skip=tuple(sorted(skip, key=lambda p: (p.segment, p.offset))) if skip else ())
         return protocol.Task(job_id=self.plan.job_id, kind=REDUCE, index=action.index, attempt=action.attempt,
-                             inputs=tuple(self._reduce_inputs()[action.index]), output_dir=self.output.temp_dir)
+                             sources=tuple(self._reduce_inputs()[action.index]), output_dir=self.output.temp_dir)
 
-    def _reduce_inputs(self) -> List[List[str]]:
-        """Map output files per partition; built once, as finished map tasks never change."""
-        if self.reduce_inputs is None:
-            inputs: List[List[str]] = [[] for _ in range(self.plan.reducers)]
+    def _reduce_inputs(self) -> List[List[protocol.MapOutput]]:
+        """Map output files per partition, and where each lives; built again only when map output was lost."""
+        if self.reduce_inputs is None or self.reduce_inputs_generation != self.scheduler.map_generation:
+            inputs: List[List[protocol.MapOutput]] = [[] for _ in range(self.plan.reducers)]
             for index in range(len(self.plan.splits)):
-                for part in self.scheduler.tasks[(MAP, index)].output:
-                    inputs[part.partition].append(part.path)
+                task = self.scheduler.tasks[(MAP, index)]
+                for part in task.output:
+                    inputs[part.partition].append(protocol.MapOutput(map=index, path=part.path, size=part.size,
+                                                                     shuffle=task.shuffle))
             self.reduce_inputs = inputs
+            self.reduce_inputs_generation = self.scheduler.map_generation
         return self.reduce_inputs
 
     def _commit(self, action: CommitOutput, now: float):
@@ -474,6 +523,9 @@ class Driver:
     def _on_finished(self, action: JobFinished) -> None:
         self.succeeded = action.ok
         self.failure = action.failure
+        if self.staging.bytes_sent or self.staging.bytes_received:
+            log.info("staging: sent %d bytes of input to workers that cannot read it, received %d bytes of output",
+                     self.staging.bytes_sent, self.staging.bytes_received)
         if action.ok:
             totals = self.scheduler.totals()
             log.info("job %s succeeded in %.2f s: %d input records (%d bytes) mapped, %d records written",

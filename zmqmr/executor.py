@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import counters, protocol
 from .errors import JobLoadError, UserCodeError
 from .job import Job, load_job
 from .procutil import describe_exit, die_with_parent
+from .transfer import Peers, TransferFailed, fetch_map_outputs, readable_input, stage_segment, upload
+from .workdir import shares
 from .tasks import (ATTEMPT, IN_BLOCK, LINE, OFFSET, PROGRESS_SLOTS, RECORDS, SEGMENT, BadRecords, NoProgress,
                     progress_of, run_map, run_reduce)
 from .usercode import user_traceback
@@ -37,11 +41,29 @@ def reduce_output_path(output_dir: str, index: int, attempt: int) -> str:
     return os.path.join(output_dir, f"attempt-{attempt}", f"part-{index:05d}")
 
 
+def attempt_scratch(work_dir: str, job_id: str, kind: str, attempt: int) -> str:
+    """Where an attempt keeps what it fetched or staged; removed when it ends."""
+    return os.path.join(work_dir, job_id, f"{kind}-a{attempt}-scratch")
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How a task process reaches what is not on its host: the driver (input and output staged
+    through it) and its sockets. `worker` and `inc` name the worker in what it sends."""
+
+    worker: str
+    inc: str
+    driver: str = ""
+    peers: Optional[Peers] = None
+
+
 def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str,
-                   worker: str, inc: str, progress=NoProgress(), job: Optional[Job] = None) -> protocol.Message:
+                   worker: str, inc: str, progress=NoProgress(), job: Optional[Job] = None,
+                   reach: Optional[Reach] = None) -> protocol.Message:
     """Run one attempt and describe its end as the Done or Failed message for the driver.
 
-    `job`: the job `welcome` names, already loaded (the task process loads it once per job)."""
+    `job`: the job `welcome` names, already loaded (the task process loads it once per job).
+    `reach`: how to get input, map output and the output directory that this host cannot see."""
     counters.start_attempt()
     progress[ATTEMPT] = task.attempt
     progress[RECORDS] = 0
@@ -49,12 +71,15 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
     progress[LINE] = progress[IN_BLOCK] = 0
     spec = welcome.job
     bad = BadRecords(spec.skip_bad_records, task.skip) if spec.skip_bad_records >= 0 else None
+    reach = reach or Reach(worker, inc)
+    scratch = attempt_scratch(work_dir, welcome.job_id, task.kind, task.attempt)
     try:
         if job is None:
             job = load_job(spec)
         if task.kind == "map":
             out_dir = map_output_dir(work_dir, welcome.job_id, task.index, task.attempt)
-            parts, stats = run_map(job, task.segments, welcome.reducers, out_dir, spec.encoding,
+            segments = _reachable_segments(welcome, task, scratch, reach)
+            parts, stats = run_map(job, segments, welcome.reducers, out_dir, spec.encoding,
                                    spec.encoding_errors, progress, bad, memory_limit=spec.memory_limit)
             if bad is None:
                 return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, kind=task.kind, index=task.index,
@@ -62,13 +87,22 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
                                      parts=tuple(parts))
             done = dict(parts=tuple(parts))
         else:
+            inputs = fetch_map_outputs(task.sources, os.path.join(scratch, "fetched"), reach.peers or Peers())
             out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
-            stats = run_reduce(job, task.inputs, out_path, progress, bad, memory_limit=spec.memory_limit)
+            if _uploads(welcome, task.output_dir, reach):
+                local = os.path.join(scratch, os.path.basename(out_path))
+                stats = run_reduce(job, inputs, local, progress, bad, memory_limit=spec.memory_limit)
+                upload(local, task.attempt, reach.driver, worker, inc, reach.peers or Peers())
+            else:
+                stats = run_reduce(job, inputs, out_path, progress, bad, memory_limit=spec.memory_limit)
             done = dict(output=out_path)
         if bad is not None:
             done.update(bad_records=tuple(bad.found), bad_count=bad.count)
         return protocol.Done(worker=worker, inc=inc, attempt=task.attempt, kind=task.kind, index=task.index,
                              job_id=task.job_id, stats=stats, counters=counters.attempt_counters(), **done)
+    except TransferFailed as exc:
+        error = protocol.TaskError(kind="TransferFailed", message=_clip(str(exc)), host=_HOST)
+        return protocol.Failed(worker=worker, inc=inc, attempt=task.attempt, error=error, fetch_failed=exc.maps)
     except UserCodeError as exc:
         error = protocol.TaskError(kind="UserCodeError", message=_clip(exc.message),
                                    traceback=_clip(exc.traceback_text), location=_clip(exc.location), host=_HOST)
@@ -79,7 +113,30 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
     except Exception as exc:  # a bug in zmqmr: report it in full rather than hang the job
         error = protocol.TaskError(kind=type(exc).__name__, message=_clip(f"internal error: {exc}"),
                                    traceback=_clip(user_traceback(exc)), host=_HOST)
+    finally:
+        if os.path.isdir(scratch):
+            shutil.rmtree(scratch, ignore_errors=True)
     return protocol.Failed(worker=worker, inc=inc, attempt=task.attempt, error=error)
+
+
+def _reachable_segments(welcome: protocol.Welcome, task: protocol.Task, scratch: str, reach: Reach):
+    """The task's segments, those this host cannot read copied from the driver first (--staging)."""
+    if welcome.staging == "never" or not reach.driver:
+        return task.segments
+    segments = list(task.segments)
+    for i, segment in enumerate(segments):
+        if welcome.staging == "always" or not readable_input(segment):
+            segments[i] = stage_segment(segment, i, task.attempt, os.path.join(scratch, f"input-{i:05d}"),
+                                        reach.driver, reach.worker, reach.inc, reach.peers or Peers())
+    return segments
+
+
+def _uploads(welcome: protocol.Welcome, output_dir: str, reach: Reach) -> bool:
+    """Whether reduce output goes to the driver over the socket: always, or when this host does not
+    see the driver's output directory (its probe file says)."""
+    if welcome.staging == "never" or not reach.driver:
+        return False
+    return welcome.staging == "always" or not shares(output_dir, welcome.probe)
 
 
 def _clip(text: str, limit: int = protocol.MAX_TEXT_LEN) -> str:
@@ -117,10 +174,11 @@ class _Jobs:
         return welcome, job
 
 
-def _child_main(conn, progress, parent_pid: int, worker: str, inc: str) -> None:
+def _child_main(conn, progress, parent_pid: int, worker: str, inc: str, driver: str) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
     jobs = _Jobs()
+    reach = Reach(worker, inc, driver, Peers())
     while True:
         try:
             job_id, welcome_frame, work_dir, tasks = conn.recv()
@@ -131,7 +189,7 @@ def _child_main(conn, progress, parent_pid: int, worker: str, inc: str) -> None:
         flushed = time.monotonic()
         for task in tasks:
             started = time.monotonic()
-            report = run_assignment(welcome, task, work_dir, worker, inc, progress, job)
+            report = run_assignment(welcome, task, work_dir, worker, inc, progress, job, reach)
             progress[ATTEMPT] = 0  # between attempts: a death now is no attempt's fault
             now = time.monotonic()
             reports.append((task.attempt, now - started, report_item(report, worker, inc)))
@@ -147,12 +205,12 @@ class Executor:
     The worker hands it a batch of tasks at once and gets their reports back in one or a few
     messages; the job's Welcome crosses the pipe once per job."""
 
-    def __init__(self, worker: str, inc: str, start_method: str = "fork"):
+    def __init__(self, worker: str, inc: str, start_method: str = "fork", driver: str = ""):
         context = multiprocessing.get_context(start_method)
         self.conn, child_conn = context.Pipe()
         self.progress = context.RawArray("q", PROGRESS_SLOTS)
         self.process = context.Process(
-            target=_child_main, args=(child_conn, self.progress, os.getpid(), worker, inc), name="zmqmr-task"
+            target=_child_main, args=(child_conn, self.progress, os.getpid(), worker, inc, driver), name="zmqmr-task"
         )
         self.process.start()
         child_conn.close()

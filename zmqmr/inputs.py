@@ -29,6 +29,7 @@ class InputFile:
     path: str  # absolute, for workers whose working directory differs
     size: int
     gzip: bool
+    mtime_ns: int = -1  # with size, how a worker on another host tells that its copy is this file
 
 
 def _is_hidden(name: str) -> bool:
@@ -49,7 +50,7 @@ def _input_file(key: str) -> InputFile:
         raise InputError(f"input {key} is not a regular file")
     if not os.access(path, os.R_OK):
         raise InputError(f"cannot read input {key}: permission denied")
-    return InputFile(key, path, st.st_size, key.endswith(".gz"))
+    return InputFile(key, path, st.st_size, key.endswith(".gz"), st.st_mtime_ns)
 
 
 def expand_inputs(paths: Sequence[str]) -> List[InputFile]:
@@ -125,7 +126,7 @@ def default_split_bytes(files: Sequence[InputFile], parallelism: int) -> int:
 
 
 def _segment(f: InputFile, start: int, end: int) -> Segment:
-    return Segment(key=f.key, path=f.path, start=start, end=end, gzip=f.gzip)
+    return Segment(key=f.key, path=f.path, start=start, end=end, gzip=f.gzip, size=f.size, mtime_ns=f.mtime_ns)
 
 
 def _even_splits(files: Sequence[InputFile], mappers: int) -> List[Tuple[Segment, ...]]:

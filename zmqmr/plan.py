@@ -108,7 +108,7 @@ def resumed_plan(work_dir: str) -> JobPlan:
     for key, path, size, gzip, mtime_ns in old.inputs:
         if _mtime_ns(path) != mtime_ns or not os.path.isfile(path) or os.path.getsize(path) != size:
             raise journal.JournalError(f"the input {key} changed since the job started; it cannot be resumed")
-        files.append(InputFile(key, path, size, gzip))
+        files.append(InputFile(key, path, size, gzip, mtime_ns))
     load_job(old.job)
     return JobPlan(job=old.job, inputs=files, splits=[tuple(s) for s in old.splits], reducers=old.reducers,
                    output=old.output, work_dir=old.work_dir, job_id=old.job_id, resume=replay)

@@ -16,7 +16,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # Limits: named so that docs/protocol.md and the sockets use the same figures.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -32,6 +32,8 @@ MAX_PREFETCH = 64  # tasks a worker may ask for in one request
 MAX_BATCH_ITEMS = 1024  # messages in one batch or bundle
 MIN_MEMORY_LIMIT = 16 * 1024 * 1024  # a task process needs about this much for Python itself
 DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
+MAX_CHUNK_BYTES = 1024 * 1024  # file bytes in one chunk, upload or fetch
+STAGING_MODES = ("auto", "always", "never")  # how workers reach input and output (see Welcome.staging)
 
 
 # --- field checks ----------------------------------------------------------------
@@ -106,6 +108,16 @@ class Float(Check):
         if not self.low <= value <= self.high:  # also rejects NaN
             raise Bad(f"a number in {self.low}..{self.high}", value)
         return float(value)
+
+
+@dataclass(frozen=True)
+class Bin(Check):
+    max_len: int = MAX_CHUNK_BYTES
+
+    def __call__(self, value):
+        if type(value) is not bytes or len(value) > self.max_len:
+            raise Bad(f"bytes, at most {self.max_len}", value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -301,6 +313,8 @@ def _check_code(src: _Source, chk: Check, var: str, indent: int) -> None:
         src.add(indent, f"if type({var}) is not float or not {chk.low!r} <= {var} <= {chk.high!r}: raise _Slow")
     elif isinstance(chk, Flag):
         src.add(indent, f"if type({var}) is not bool: raise _Slow")
+    elif isinstance(chk, Bin):
+        src.add(indent, f"if type({var}) is not bytes or len({var}) > {chk.max_len}: raise _Slow")
     elif isinstance(chk, OneOf):
         src.add(indent, f"if type({var}) is not str or {var} not in {src.name(frozenset(chk.choices))}: raise _Slow")
     elif isinstance(chk, Maybe):
@@ -364,7 +378,7 @@ def _always_slow(value: Any) -> Any:
 
 def _plain_code(src: _Source, chk: Check, expr: str) -> str:
     """An expression for the plain (msgpack-ready) form of `expr`, a value that passed `chk`."""
-    if isinstance(chk, (Text, Int, Float, Flag, OneOf)):
+    if isinstance(chk, (Text, Int, Float, Flag, OneOf, Bin)):
         return expr
     if isinstance(chk, Maybe):
         inner = _plain_code(src, chk.inner, "_m")
@@ -421,6 +435,8 @@ class Segment:
     start: int = check(Int(0, 2**62))
     end: int = check(Int(0, 2**62))
     gzip: bool = check(Flag(), False)
+    size: int = check(Int(-1, 2**62), -1)  # the whole file's, with mtime_ns: how a worker tells that its
+    mtime_ns: int = check(Int(-1, 2**64), -1)  # own copy of `path` is this file (-1: unknown)
 
 
 @dataclass(frozen=True)
@@ -449,11 +465,22 @@ class TaskError:
 
 @dataclass(frozen=True)
 class PartFile:
-    """One non-empty partition written by a map attempt."""
+    """One non-empty partition written by a map attempt, at `path` on the worker that ran it."""
 
     partition: int = check(Int(0, MAX_TASK_ID))
     path: str = check(Text(MAX_PATH_LEN, 1))
     size: int = check(Int(0, 2**62), 0)
+
+
+@dataclass(frozen=True)
+class MapOutput:
+    """Where a reduce task finds one map task's file of its partition: `path` if it can read it (the
+    same host, or shared storage; `size` tells), else fetched from `shuffle`, the map worker's service."""
+
+    map: int = check(Int(0, MAX_TASK_ID))
+    path: str = check(Text(MAX_PATH_LEN, 1))
+    size: int = check(Int(0, 2**62))
+    shuffle: str = check(Text(MAX_NAME_LEN), "")
 
 
 @dataclass(frozen=True)
@@ -528,6 +555,7 @@ class Hello(WorkerMessage):
     host: str = check(Text(MAX_NAME_LEN), "")
     pid: int = check(Int(0, 2**32), 0)
     software: str = check(Text(64), "")
+    shuffle: str = check(Text(MAX_NAME_LEN), "")  # the endpoint where it serves its map output
 
 
 @dataclass(frozen=True)
@@ -577,6 +605,8 @@ class Failed(WorkerMessage):
     attempt: int = check(Int())
     error: TaskError = check(Nested(TaskError))
     lost: bool = check(Flag(), False)
+    fetch_failed: Tuple[int, ...] = check(ListOf(Int(0, MAX_TASK_ID)), ())  # map tasks whose output a
+    # reduce attempt could not fetch, after retries: that output is lost, not the reduce's fault
 
 
 @dataclass(frozen=True)
@@ -598,6 +628,8 @@ class Welcome(Message):
     heartbeat_interval: float = check(Float(0.001, 3600))
     work_dir: str = check(Text(MAX_PATH_LEN), "")
     worker_timeout: float = check(Float(0, 1e6), 0.0)  # a worker's own interval must stay well below it
+    staging: str = check(OneOf(STAGING_MODES), "auto")  # input and output through the driver: auto, always, never
+    probe: str = check(Text(64), "")  # the content of PROBE_FILE in the driver's work and output dirs
 
 
 @dataclass(frozen=True)
@@ -610,7 +642,7 @@ class Task(Message):
     index: int = check(Int(0, MAX_TASK_ID))
     attempt: int = check(Int())
     segments: Tuple[Segment, ...] = check(ListOf(Nested(Segment)), ())
-    inputs: Tuple[str, ...] = check(ListOf(Text(MAX_PATH_LEN, 1)), ())
+    sources: Tuple[MapOutput, ...] = check(ListOf(Nested(MapOutput)), ())
     output_dir: str = check(Text(MAX_PATH_LEN), "")
     skip: Tuple[RecordPosition, ...] = check(ListOf(Nested(RecordPosition)), ())  # records an attempt hung on
 
@@ -671,6 +703,70 @@ class StatusReply(Message):
     TYPE: ClassVar[str] = "status_reply"
     ok: bool = check(Flag())
     data: Any = check(Plain(), None)
+    error: str = check(Text(MAX_TEXT_LEN), "")
+
+
+# --- moving file bytes: staging through the driver, and the shuffle service -------------
+
+
+@dataclass(frozen=True)
+class ReadInput(WorkerMessage):
+    """To the driver: bytes of segment `segment` of the map task that live attempt `attempt` runs,
+    for a worker that cannot read the input file itself. Answered with `chunk`."""
+
+    TYPE: ClassVar[str] = "read_input"
+    attempt: int = check(Int())
+    segment: int = check(Int(0, MAX_LIST_LEN))
+    offset: int = check(Int(0, 2**62))
+    length: int = check(Int(1, MAX_CHUNK_BYTES))
+    tag: int = check(Int(0, 2**62), 0)
+
+
+@dataclass(frozen=True)
+class Upload(WorkerMessage):
+    """To the driver: bytes of reduce attempt `attempt`'s output, for a worker that cannot write into
+    the output directory. `last` says this chunk ends the file. Answered with `upload_ack`."""
+
+    TYPE: ClassVar[str] = "upload"
+    attempt: int = check(Int())
+    offset: int = check(Int(0, 2**62))
+    data: bytes = check(Bin(), b"")
+    last: bool = check(Flag(), False)
+
+
+@dataclass(frozen=True)
+class UploadAck(Message):
+    """The driver has `received` bytes of the attempt's output; `done` once the last chunk is on disk."""
+
+    TYPE: ClassVar[str] = "upload_ack"
+    attempt: int = check(Int())
+    received: int = check(Int(0, 2**62), 0)
+    done: bool = check(Flag(), False)
+    error: str = check(Text(MAX_TEXT_LEN), "")
+
+
+@dataclass(frozen=True)
+class Fetch(Message):
+    """To a worker's shuffle service: bytes of a map output file it wrote, named by its path under
+    that worker's work dir (JOB/map-NNNNN-aN/part-NNNNN). Answered with `chunk`."""
+
+    TYPE: ClassVar[str] = "fetch"
+    path: str = check(Text(MAX_PATH_LEN, 1))
+    offset: int = check(Int(0, 2**62))
+    length: int = check(Int(1, MAX_CHUNK_BYTES))
+    tag: int = check(Int(0, 2**62), 0)
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """The answer to `fetch` or `read_input`: the bytes at `offset` (fewer than asked only at the end
+    of the file, then `eof`), or a non-empty `error` saying why the request was refused."""
+
+    TYPE: ClassVar[str] = "chunk"
+    tag: int = check(Int(0, 2**62), 0)
+    offset: int = check(Int(0, 2**62), 0)
+    data: bytes = check(Bin(), b"")
+    eof: bool = check(Flag(), False)
     error: str = check(Text(MAX_TEXT_LEN), "")
 
 
@@ -738,11 +834,13 @@ class Bundle(Message):
 
 
 TO_DRIVER: Dict[str, Type[Message]] = {
-    m.TYPE: m for m in (Hello, Request, Heartbeat, Done, Failed, Batch, StatusQuery)
+    m.TYPE: m for m in (Hello, Request, Heartbeat, Done, Failed, Batch, StatusQuery, ReadInput, Upload)
 }
 TO_WORKER: Dict[str, Type[Message]] = {
     m.TYPE: m for m in (Welcome, Task, Wait, Wake, Cancel, Ack, Reregister, Exit, Bundle, StatusReply)
 }
+TO_SHUFFLE: Dict[str, Type[Message]] = {Fetch.TYPE: Fetch}  # what a worker's shuffle service takes
+TO_FETCHER: Dict[str, Type[Message]] = {m.TYPE: m for m in (Chunk, UploadAck)}  # what a task process gets back
 _ITEM_TYPES: Dict[str, Type[Message]] = {**TO_DRIVER, **TO_WORKER}
 
 

@@ -10,7 +10,7 @@ import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Deque, Dict, List, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from . import protocol
 from .protocol import TaskError
@@ -82,6 +82,10 @@ class TaskRecord:
     skip: Set[protocol.RecordPosition] = field(default_factory=set)  # records earlier attempts hung on
     bad_records: Tuple[protocol.BadRecord, ...] = ()
     bad_count: int = 0
+    winner_worker: str = ""  # the worker whose attempt won: where a map task's output lives
+    shuffle: str = ""  # that worker's shuffle service
+    output_safe: bool = False  # a map output the driver itself sees: it outlives its worker
+    fetch_failures: int = 0  # reduce attempts that could not fetch map output
 
     @property
     def key(self) -> TaskKey:
@@ -100,6 +104,7 @@ class WorkerRecord:
     pid: int
     registered_at: float
     last_seen: float
+    shuffle: str = ""  # where it serves its map output
     running: Set[int] = field(default_factory=set)  # every attempt it holds, queued ones included
     queued: Set[int] = field(default_factory=set)  # held attempts not known to have started
     waiting: bool = False
@@ -224,6 +229,10 @@ class Scheduler:
         self.started_at: Optional[float] = None
         self.reduce_opened_at: Optional[float] = None
         self.ended_at: Optional[float] = None
+        self.maps_rerun = 0  # finished map tasks run again because their output was lost
+        self.map_generation = 0  # changes whenever a finished map task's output is lost
+        # Does the driver see this file (path, size)? Set by the driver; None: no files to look at.
+        self.sees: Optional[Callable[[str, int], bool]] = None
 
     # --- entry points ----------------------------------------------------------------
 
@@ -317,6 +326,18 @@ class Scheduler:
         if kind == REDUCE and self.finished_counts[REDUCE] == self.num_reduces:
             self.state = JobState.COMMITTING  # the driver commits the output next
 
+    def live_attempt(self, worker: str, inc: str, attempt: int, now: float) -> str:
+        """The kind of task (MAP or REDUCE) of a live attempt of this registered worker, else "".
+        Counts as a sign of life: a worker staging a big file says nothing else meanwhile."""
+        record = self.workers.get(worker)
+        if record is None or record.inc != inc:
+            return ""
+        record.last_seen = now
+        held = self.attempts.get(attempt)
+        if held is None or held.worker != worker or self.state in TERMINAL:
+            return ""
+        return held.task[0]
+
     def told_exit(self) -> Set[str]:
         """Workers that were told the job is over."""
         return {w.name for w in self.workers.values() if w.told_exit}
@@ -364,10 +385,11 @@ class Scheduler:
                 return actions + [Send(msg.worker, self._exit_message())]
         if known is None:
             self.workers[msg.worker] = WorkerRecord(
-                msg.worker, msg.inc, msg.host, msg.pid, registered_at=now, last_seen=now
+                msg.worker, msg.inc, msg.host, msg.pid, registered_at=now, last_seen=now, shuffle=msg.shuffle
             )
-            log.info("worker %s registered (host %s, pid %d)", msg.worker, msg.host or "?", msg.pid,
-                     extra={"event": "registered", "worker": msg.worker, "host": msg.host, "pid": msg.pid})
+            log.info("worker %s registered (host %s, pid %d, shuffle %s)", msg.worker, msg.host or "?", msg.pid,
+                     msg.shuffle or "none", extra={"event": "registered", "worker": msg.worker, "host": msg.host,
+                                                   "pid": msg.pid, "shuffle": msg.shuffle})
         else:
             known.last_seen = now
             log.info("worker %s reconnected", msg.worker, extra={"event": "reconnected", "worker": msg.worker})
@@ -512,6 +534,9 @@ class Scheduler:
         task.attempt = None
         task.winner = msg.attempt
         task.output = msg.parts if task.kind == MAP else msg.output
+        task.winner_worker, task.shuffle = worker.name, worker.shuffle
+        task.output_safe = task.kind == MAP and self.sees is not None and \
+            all(self.sees(part.path, part.size) for part in msg.parts)
         task.stats = msg.stats
         task.counters = msg.counters
         task.bad_records, task.bad_count = msg.bad_records, msg.bad_count
@@ -569,7 +594,12 @@ class Scheduler:
 
     def _check_output(self, task: TaskRecord, msg: protocol.Done) -> str:
         if task.kind == REDUCE:
-            return "" if msg.output else "a reduce completion without an output file"
+            if not msg.output:
+                return "a reduce completion without an output file"
+            if self.sees is not None and not self.sees(msg.output, -1):
+                return (f"the driver does not see the attempt's output {msg.output} (with --staging never, "
+                        "every worker must write into the driver's output directory)")
+            return ""
         for part in msg.parts:
             if part.partition >= self.num_reduces:
                 return f"partition {part.partition} is out of range"
@@ -579,7 +609,68 @@ class Scheduler:
         task = self._current_attempt(worker, msg.attempt)
         if task is None:
             return []
+        if msg.fetch_failed and task.kind == REDUCE:
+            return self._fetch_failed(worker, task, msg, now)
         return self._attempt_failed(worker, task, msg.attempt, msg.error, msg.lost, now)
+
+    def _fetch_failed(self, worker: WorkerRecord, task: TaskRecord, msg: protocol.Failed, now: float) -> List[Action]:
+        """A reduce attempt could not fetch some map output, after retries: that output is lost, not the
+        reduce's fault. The workers holding it are lost (their other output is unreachable too), their
+        finished map tasks run again, and the reduce waits for them; --max-worker-losses bounds the rounds."""
+        record = self.attempts[msg.attempt]
+        worker.running.discard(msg.attempt)
+        worker.queued.discard(msg.attempt)
+        task.last_error = msg.error
+        task.fetch_failures += 1
+        actions: List[Action] = [AttemptFailed(task.kind, task.index, msg.attempt, worker.name, msg.error, False)]
+        holders = set()
+        for index in msg.fetch_failed:
+            source = self.tasks.get((MAP, index))
+            # A map that finished again after this attempt was handed out has new output: not lost.
+            if source is not None and source.state == TaskState.FINISHED and \
+                    (source.finished_at is None or source.finished_at <= record.assigned_at):
+                holders.add(source.winner_worker)
+        for name in sorted(holders):
+            holder = self.workers.get(name)
+            if holder is not None and holder is not worker:
+                actions += self._lose_worker(holder, now, "reducers cannot fetch its map output")
+            if self.state in TERMINAL:
+                return actions
+            actions += self._remake_map_output(name, "reducers cannot fetch it", now, all_of_it=True)
+        if task.fetch_failures >= self.config.max_worker_losses:
+            self._stop_attempt(task, msg.attempt)
+            return actions + self._fail_job(task, f"{task.name} could not fetch its input {task.fetch_failures} "
+                                                  f"times (--max-worker-losses {self.config.max_worker_losses})",
+                                            msg.error, now)
+        log.info("%s attempt %d could not fetch map output; it runs again once that output is re-made", task.name,
+                 msg.attempt, extra={"event": "retried", "task": task.name, "attempt": msg.attempt})
+        return actions + self._requeue(task, msg.attempt, now)
+
+    def _remake_map_output(self, holder: str, why: str, now: float, all_of_it: bool = False) -> List[Action]:
+        """Finished map tasks whose output lived on `holder` (only there, unless `all_of_it`) run again
+        while some reduce task still needs it. Reduce tasks not yet running wait for them."""
+        if self.state in TERMINAL or self.finished_counts[REDUCE] == self.num_reduces:
+            return []
+        lost = [t for t in self.tasks.values() if t.kind == MAP and t.state == TaskState.FINISHED
+                and t.winner_worker == holder and (all_of_it or not t.output_safe)]
+        if not lost:
+            return []
+        for task in reversed(lost):
+            task.state = TaskState.READY
+            task.winner = None
+            task.output_safe = False
+            self.finished_counts[MAP] -= 1
+            self.ready.appendleft(task.key)
+            log.warning("re-running map task %d: its output was on worker %s and %s", task.index, holder, why,
+                        extra={"event": "rerun", "task": task.name, "worker": holder})
+        self.maps_rerun += len(lost)
+        self.map_generation += 1
+        if self.state == JobState.REDUCING:
+            self.state = JobState.MAPPING
+            for key in [k for k in self.ready if k[0] == REDUCE]:
+                self.ready.remove(key)
+                self.tasks[key].state = TaskState.BLOCKED
+        return self._wake_waiting()
 
     # --- transitions -----------------------------------------------------------------
 
@@ -719,8 +810,12 @@ class Scheduler:
         return True
 
     def _requeue(self, task: TaskRecord, attempt: int, now: float) -> List[Action]:
-        """Put a running task back to READY, at the front so that retries go first."""
+        """Put a running task back to READY, at the front so that retries go first; a reduce task whose
+        map output is being re-made waits BLOCKED."""
         if not self._stop_attempt(task, attempt):
+            return []
+        if task.kind == REDUCE and self.state == JobState.MAPPING:
+            task.state = TaskState.BLOCKED
             return []
         self.ready.appendleft(task.key)
         return self._wake_waiting()
@@ -736,10 +831,11 @@ class Scheduler:
     def _open_reduce_phase(self, now: float) -> List[Action]:
         self.state = JobState.REDUCING
         self.reduce_opened_at = now
-        log.info("all %d map tasks finished; starting %d reduce tasks", self.num_maps, self.num_reduces)
-        for i in range(self.num_reduces):
-            self.tasks[(REDUCE, i)].state = TaskState.READY
-            self.ready.append((REDUCE, i))
+        blocked = [t for t in self.tasks.values() if t.kind == REDUCE and t.state == TaskState.BLOCKED]
+        log.info("all %d map tasks finished; starting %d reduce tasks", self.num_maps, len(blocked))
+        for task in blocked:
+            task.state = TaskState.READY
+            self.ready.append(task.key)
         return self._wake_waiting()
 
     def _lose_worker(self, worker: WorkerRecord, now: float, why: str, coming_back: bool = False) -> List[Action]:
@@ -764,7 +860,7 @@ class Scheduler:
             actions += self._retry_or_fail(task, attempt, now, f"lost worker {worker.name}")
             if self.state in TERMINAL:
                 break
-        return actions
+        return actions + self._remake_map_output(worker.name, "that worker was lost", now)
 
     def _fail_job(self, task: Optional[TaskRecord], reason: str, error: Optional[TaskError], now: float):
         self.state = JobState.FAILED
@@ -846,6 +942,7 @@ class Scheduler:
                                   sum(max(0, t.attempts - 1) for t in self.tasks.values())),
             protocol.CounterValue(FRAMEWORK_GROUP, "speculative attempts", self.backups_started),
             protocol.CounterValue(FRAMEWORK_GROUP, "lost workers", self.workers_lost),
+            protocol.CounterValue(FRAMEWORK_GROUP, "map tasks re-run for lost output", self.maps_rerun),
         ]
         return values
 
@@ -881,6 +978,7 @@ class Scheduler:
                     "name": worker.name,
                     "host": worker.host,
                     "pid": worker.pid,
+                    "shuffle": worker.shuffle,
                     "last_seen_ago": round(now - worker.last_seen, 3),
                     "running": [f"{kind} {index}" for kind, index in running],
                     "tasks_done": worker.tasks_done,

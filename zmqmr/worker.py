@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import socket
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,8 +19,10 @@ from typing import Deque, List, Optional, Set, Tuple
 import zmq
 
 from . import __version__, protocol
-from .errors import ProtocolError
+from .errors import ProtocolError, UsageError
 from .executor import Executor, map_output_dir, reduce_output_path
+from .shuffle import ShuffleService
+from .workdir import JobDir, default_work_dir, remove_stale, shares
 
 log = logging.getLogger("zmqmr.worker")
 
@@ -42,10 +43,36 @@ class WorkerSettings:
     work_dir: Optional[str] = None
     heartbeat_interval: Optional[float] = None  # None: the driver's
     driver_timeout: float = 30.0
+    bind_host: Optional[str] = None  # the shuffle service's address; None: the one that reaches the driver
+    advertise_host: Optional[str] = None  # what reducers elsewhere connect to; None: the bound address
+    shuffle_port: int = 0  # 0: any free port
 
 
 def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def address_towards(endpoint: str) -> str:
+    """This host's address on the route to the driver's endpoint: where other hosts reach us too.
+    (A UDP connect sends nothing; it only picks the route.) Loopback for ipc:// and local drivers."""
+    if not endpoint.startswith("tcp://"):
+        return "127.0.0.1"
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, 9, proto=socket.IPPROTO_UDP)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def shuffle_addresses(settings: "WorkerSettings") -> Tuple[str, str]:
+    """(address to bind the shuffle service on, address to advertise to the driver)."""
+    local = address_towards(settings.driver)
+    bind = settings.bind_host or local
+    advertise = settings.advertise_host or (local if bind in ("0.0.0.0", "::", "*") else bind)
+    return bind, advertise
 
 
 class Worker:
@@ -72,8 +99,9 @@ class Worker:
         self.request_sent_at = 0.0
         self.next_request_at = 0.0
         self.last_heard = self.last_sent = time.monotonic()
-        self.own_temp_dir: Optional[str] = None
-        self.job_dirs = set()  # job directories under this worker's own --work-dir
+        self.work_root = ""  # where this job's files go: --work-dir, the driver's shared one, or the default
+        self.job_dir: Optional[JobDir] = None  # this job's directory under work_root, claimed
+        self.shuffle: Optional[ShuffleService] = None
         self.told_to_exit = False
         self.previous_job_id = ""  # the job of the driver that stopped knowing us
         self.recent_reports: Deque[bytes] = deque(maxlen=RECENT_REPORTS)
@@ -92,8 +120,16 @@ class Worker:
     def run(self) -> int:
         """Work until the driver says the job is over (0) or falls silent (1)."""
         # The task process is forked before any ZeroMQ context exists in this process.
-        self.executor = Executor(self.name, self.inc, "fork")
+        self.executor = Executor(self.name, self.inc, "fork", self.settings.driver)
         self.context = zmq.Context()
+        bind, advertise = shuffle_addresses(self.settings)
+        try:
+            self.shuffle = ShuffleService(self.context, bind, self.settings.shuffle_port, advertise)
+        except zmq.ZMQError as exc:
+            self.executor.stop()
+            self.context.term()
+            raise UsageError(f"cannot start the shuffle service on {bind}:{self.settings.shuffle_port or 'any port'}"
+                             f": {exc} (see --bind-host, --shuffle-port)") from None
         self.sock = self.context.socket(zmq.DEALER)
         self.sock.linger = 0
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
@@ -101,7 +137,9 @@ class Worker:
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.executor.fileno(), zmq.POLLIN)
-        log.info("worker %s connecting to %s", self.name, self.settings.driver)
+        self.poller.register(self.shuffle.sock, zmq.POLLIN)
+        log.info("worker %s connecting to %s; serving map output on %s", self.name, self.settings.driver,
+                 self.shuffle.endpoint)
         job_over = False
         try:
             self._say_hello()
@@ -111,6 +149,7 @@ class Worker:
         finally:
             self.executor.stop()
             self.sock.close(linger=0)
+            self.shuffle.close()
             self.context.term()
             self._remove_work_files(job_over)
 
@@ -131,6 +170,8 @@ class Worker:
                     code = self._drain_socket()
                     if code is not None:
                         return code
+                elif item is self.shuffle.sock:
+                    self.shuffle.handle()
                 else:
                     self._on_executor_ready()
 
@@ -224,7 +265,7 @@ class Worker:
 
     def _say_hello(self) -> None:
         self._send(protocol.Hello(worker=self.name, inc=self.inc, host=socket.gethostname(),
-                                  pid=os.getpid(), software=f"zmqmr {__version__}"))
+                                  pid=os.getpid(), software=f"zmqmr {__version__}", shuffle=self.shuffle.endpoint))
 
     # --- messages from the driver ----------------------------------------------------------
 
@@ -295,6 +336,7 @@ class Worker:
             return  # a duplicate answer to a repeated hello
         log.info("registered with the driver for job %s (%s)", welcome.job_id, welcome.job.name)
         self.welcome, self.welcome_frame = welcome, frame
+        self._claim_work_dir(welcome)
         self.awaiting_reply = False
         self.next_request_at = 0.0
         unsent = set(map(id, self.outbox))  # reports a killed driver may never have read go again
@@ -311,16 +353,28 @@ class Worker:
 
     # --- the task process ------------------------------------------------------------------
 
-    def _work_dir(self) -> str:
-        """Where map output goes: this worker's --work-dir, else the driver's shared one, else a temp dir."""
+    def _claim_work_dir(self, welcome: protocol.Welcome) -> None:
+        """Pick where this job's files go and claim its directory there: --work-dir; else the driver's
+        --work-dir if this host sees it (its probe file says so); else the default local one. What
+        killed jobs left in that work dir goes."""
+        if self.job_dir is not None:
+            if self.job_dir.job_id == welcome.job_id:
+                return
+            self.job_dir.release()  # the driver runs another job now: the old one's files are garbage
         if self.settings.work_dir:
-            self.job_dirs.add(os.path.join(self.settings.work_dir, self.welcome.job_id))
-            return self.settings.work_dir
-        if self.welcome.work_dir:
-            return self.welcome.work_dir  # the driver's to clean up
-        if self.own_temp_dir is None:
-            self.own_temp_dir = tempfile.mkdtemp(prefix="zmqmr-worker-")
-        return self.own_temp_dir
+            root = self.settings.work_dir
+        elif welcome.work_dir and shares(os.path.join(welcome.work_dir, welcome.job_id), welcome.probe):
+            root = welcome.work_dir
+        else:
+            root = default_work_dir()
+        self.work_root = os.path.abspath(root)
+        self.job_dir = JobDir(self.work_root, welcome.job_id)
+        for path in remove_stale(self.work_root, keep=welcome.job_id):
+            log.info("removed %s, left by a job that failed or was killed", path)
+        self.shuffle.serve_job(welcome.job_id, self.work_root)
+
+    def _work_dir(self) -> str:
+        return self.work_root
 
     def _feed_executor(self) -> None:
         """Hand the task process its next tasks: a batch when tasks are short, else one."""
@@ -351,6 +405,8 @@ class Worker:
                 if task is not None:
                     self._remove_attempt_files(task.kind, task.index, attempt, task.output_dir)
                 continue
+            if task is not None and task.kind == "map":
+                self.shuffle.offer(task.index, attempt)
             self.recent_reports.append(report)
             self.outbox.append(report)
         if over:
@@ -389,7 +445,7 @@ class Worker:
         self.poller.unregister(self.executor.fileno())
         self.executor.stop()
         # A ZeroMQ context exists now, so the new process must not be a fork of this one.
-        self.executor = Executor(self.name, self.inc, "spawn")
+        self.executor = Executor(self.name, self.inc, "spawn", self.settings.driver)
         self.poller.register(self.executor.fileno(), zmq.POLLIN)
 
     def _cancel(self, message: protocol.Cancel) -> None:
@@ -411,6 +467,7 @@ class Worker:
 
     def _remove_attempt_files(self, kind: str, index: int, attempt: int, output_dir: str) -> None:
         if kind == "map" and self.welcome is not None:
+            self.shuffle.withdraw(index, attempt)
             shutil.rmtree(map_output_dir(self._work_dir(), self.welcome.job_id, index, attempt), ignore_errors=True)
         if output_dir:
             shutil.rmtree(os.path.dirname(reduce_output_path(output_dir, index, attempt)), ignore_errors=True)
@@ -423,12 +480,13 @@ class Worker:
             self._restart_executor()
 
     def _remove_work_files(self, job_over: bool) -> None:
-        """Once the job is over, map output is garbage. Before that, reducers (or a restarted
-        driver) may still need it, so a worker that stops early leaves it in place."""
-        mine = sorted(self.job_dirs) + ([self.own_temp_dir] if self.own_temp_dir else [])
-        if not job_over:
-            if mine:
-                log.warning("left this worker's map output in %s for the job to use", ", ".join(mine))
+        """Once the job is over, its files here are garbage. Before that, reducers (or a restarted
+        driver) may still need them: a worker that stops early leaves them, unclaimed, for the next
+        job in this work dir or `zmqmr-worker --clean` to remove."""
+        if self.job_dir is None:
             return
-        for path in mine:
-            shutil.rmtree(path, ignore_errors=True)
+        if job_over:
+            self.job_dir.remove()
+        else:
+            log.warning("left this worker's files for job %s in %s", self.job_dir.job_id, self.job_dir.path)
+            self.job_dir.release()
