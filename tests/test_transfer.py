@@ -73,7 +73,7 @@ def test_a_reducer_fetches_what_it_cannot_read_and_reads_what_it_can(service, tm
                protocol.MapOutput(map=5, path=elsewhere(empty), size=0, shuffle=svc.endpoint)]
     peers = Peers()
     try:
-        paths = fetch_map_outputs(sources, str(tmp_path / "fetched"), peers)
+        paths = fetch_map_outputs(sources, str(tmp_path / "fetched"), peers, roots=[str(work / JOB)])
     finally:
         peers.close()
     assert paths[1] == local  # read in place: no copy
@@ -159,6 +159,19 @@ def test_output_whose_worker_serves_nothing_is_reported_missing(tmp_path):
     with pytest.raises(TransferFailed) as failure:
         fetch_map_outputs(sources, str(tmp_path / "f"), Peers())
     assert failure.value.maps == (4,)
+
+
+def test_a_file_outside_the_jobs_directories_is_never_read_in_place(tmp_path):
+    """Whatever a driver names, a reducer reads in place only files under its job directories."""
+    secret = tmp_path / "elsewhere" / "secret"
+    secret.parent.mkdir()
+    secret.write_bytes(b"not map output")
+    (tmp_path / "work" / JOB).mkdir(parents=True)
+    os.symlink(secret, tmp_path / "work" / JOB / "link")
+    for path in (str(secret), str(tmp_path / "work" / JOB / "link"), str(tmp_path / "work" / JOB / ".." / "x")):
+        sources = [protocol.MapOutput(map=1, path=path, size=secret.stat().st_size, shuffle="")]
+        with pytest.raises(TransferFailed):
+            fetch_map_outputs(sources, str(tmp_path / "f"), Peers(), roots=[str(tmp_path / "work" / JOB)])
 
 
 class FakeDriver:

@@ -25,6 +25,7 @@ DESCRIPTION = {
     "zmqmr-worker": "Take tasks from a zmqmr driver and run them, until the job is over.",
     "zmqmr-local": "Run a MapReduce job on this machine: a driver and N worker processes in one command.",
     "zmqmr-status": "Ask a running zmqmr driver about its job, its workers or one task.",
+    "zmqmr-keygen": "Make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (secret, mode 0600).",
 }
 
 EXAMPLES = {
@@ -32,6 +33,7 @@ EXAMPLES = {
     "zmqmr-worker": "example: zmqmr-worker --driver tcp://driver-host:5555",
     "zmqmr-local": "example: zmqmr-local --workers 4 --input books/ --output counts/   (built-in word count)",
     "zmqmr-status": "example: zmqmr-status tcp://localhost:5555 --task map 3",
+    "zmqmr-keygen": "example: zmqmr-keygen keys/ driver   (then copy keys/driver.key to every worker host)",
 }
 
 
@@ -123,7 +125,15 @@ def _add_job_options(parser: argparse.ArgumentParser, default_port: int) -> None
     net.add_argument("--port", type=port_number, default=default_port,
                      help="TCP port the driver listens on (0: any free port)")
     net.add_argument("--bind-host", default="127.0.0.1",
-                     help="address the driver listens on; 0.0.0.0 for workers on other hosts")
+                     help="address the driver listens on; another than loopback needs CURVE (--curve-secret) "
+                          "or --insecure")
+    sec = parser.add_argument_group("security (see the README's Security section)")
+    sec.add_argument("--curve-secret", metavar="FILE",
+                     help="the driver's secret key (from zmqmr-keygen): encrypt and authenticate with CURVE")
+    sec.add_argument("--authorized-keys", metavar="DIR",
+                     help="with --curve-secret: the public keys (*.key) of the workers and status clients admitted")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow listening on a non-loopback address without CURVE (a warning says what is exposed)")
     net.add_argument("--staging", choices=STAGING_MODES, default="auto",
                      help="whether workers read input from, and send reduce output to, the driver over the socket: "
                           "auto (where a worker cannot see the files: checked per file), always, or never "
@@ -232,6 +242,25 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                      f"--worker-timeout ({args.worker_timeout:g} s), or busy workers would look lost")
 
 
+def _driver_curve(args: argparse.Namespace):
+    """The driver's CURVE settings, or None; refuses to expose a plain-text port unless --insecure."""
+    from .security import Curve, exposure_warning, is_loopback, load_authorized, load_secret
+
+    secret, authorized = getattr(args, "curve_secret", None), getattr(args, "authorized_keys", None)
+    if bool(secret) != bool(authorized):
+        raise UsageError("--curve-secret and --authorized-keys go together: the driver's key, and whom it admits")
+    exposed = [] if secret or is_loopback(args.bind_host) else [f"the driver port {args.port}"]
+    if args.http_port is not None and not is_loopback(args.bind_host):
+        exposed.append(f"the status page (--http-port {args.http_port}, plain HTTP)")
+    if exposed and not getattr(args, "insecure", False):
+        raise UsageError(f"--bind-host {args.bind_host} would expose {' and '.join(exposed)} without authentication; "
+                         "give --curve-secret and --authorized-keys (see zmqmr-keygen), or --insecure on a network "
+                         "you trust")
+    if exposed:
+        logging.getLogger("zmqmr.driver").warning(exposure_warning(" and ".join(exposed), args.bind_host))
+    return Curve(load_secret(secret), load_authorized(authorized)) if secret else None
+
+
 def _driver_settings(args: argparse.Namespace):
     from .driver import DriverSettings
     from .scheduler import SchedulerConfig
@@ -245,7 +274,8 @@ def _driver_settings(args: argparse.Namespace):
                              speculation_min_seconds=args.speculation_min_seconds)
     return DriverSettings(bind_host=args.bind_host, port=args.port, heartbeat_interval=args.heartbeat_interval,
                           scheduler=config, http_port=args.http_port, counters_json=args.counters_json,
-                          progress=_shows_progress(args), quiet=args.quiet, staging=args.staging)
+                          progress=_shows_progress(args), quiet=args.quiet, staging=args.staging,
+                          curve=_driver_curve(args))
 
 
 def _driver(argv: Optional[List[str]]) -> int:
@@ -271,6 +301,8 @@ def _local(argv: Optional[List[str]]) -> int:
     _add_job_options(parser, default_port=0)
     args = parser.parse_args(argv)
     _check_args(parser, args)
+    if args.curve_secret or args.authorized_keys:
+        parser.error("zmqmr-local keeps to this host, over loopback: --curve-secret is for zmqmr-driver")
     _setup_logging(args, "driver", live_progress=_live_progress(args))
     worker_options = ["--log-level", args.log_level] + ["-v"] * args.verbose + ["--log-json"] * args.log_json
     if args.log_file:
@@ -307,6 +339,12 @@ def _worker(argv: Optional[List[str]]) -> int:
                         help="how often to report while busy (default: the driver's setting)")
     parser.add_argument("--driver-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                         help="exit with an error after this long without a word from the driver")
+    sec = parser.add_argument_group("security (see the README's Security section)")
+    sec.add_argument("--curve-secret", metavar="FILE", help="this worker's secret key (from zmqmr-keygen)")
+    sec.add_argument("--driver-key", metavar="FILE",
+                     help="with --curve-secret: the driver's public key; any other driver is refused")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow the shuffle service on a non-loopback address without CURVE")
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _add_logging(parser)
     args = parser.parse_args(argv)
@@ -323,10 +361,32 @@ def _worker(argv: Optional[List[str]]) -> int:
     settings = WorkerSettings(driver=args.driver, name=args.name, work_dir=args.work_dir,
                               heartbeat_interval=args.heartbeat_interval, driver_timeout=args.driver_timeout,
                               bind_host=args.bind_host, advertise_host=args.advertise_host,
-                              shuffle_port=args.shuffle_port)
+                              shuffle_port=args.shuffle_port, curve_keys=_client_keys(args))
+    if settings.curve_keys is None:
+        from .security import exposure_warning, is_loopback
+        from .worker import shuffle_addresses
+
+        bind = shuffle_addresses(settings)[0]
+        if not is_loopback(bind) and not args.insecure:
+            raise UsageError(f"the shuffle service would listen on {bind} without authentication; give "
+                             "--curve-secret and --driver-key (see zmqmr-keygen), or --insecure on a network you trust")
+        if not is_loopback(bind):
+            logging.getLogger("zmqmr.worker").warning(exposure_warning("this worker's shuffle service", bind))
     worker = Worker(settings)
     _setup_logging(args, worker.name, logging.WARNING if args.parent_pid else None)
     return worker.run()
+
+
+def _client_keys(args: argparse.Namespace):
+    """A CURVE client's keys (its secret key file and the driver's public key), or None."""
+    from .security import CurveKeys, load_public, load_secret
+
+    if bool(args.curve_secret) != bool(args.driver_key):
+        raise UsageError("--curve-secret and --driver-key go together: this side's key, and the driver's")
+    if not args.curve_secret:
+        return None
+    own = load_secret(args.curve_secret)
+    return CurveKeys(own.public, own.secret, load_public(args.driver_key))
 
 
 def _clean_work_dir(work_dir: str) -> int:
@@ -357,25 +417,45 @@ def _status(argv: Optional[List[str]]) -> int:
     what.add_argument("--tasks", action="store_true", help="every task")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--timeout", type=positive_seconds, default=5.0, metavar="SECONDS")
+    parser.add_argument("--curve-secret", metavar="FILE", help="this client's secret key, for a driver using CURVE")
+    parser.add_argument("--driver-key", metavar="FILE", help="with --curve-secret: the driver's public key")
     args = parser.parse_args(argv)
+    keys = _client_keys(args)
     if args.task:
         kind, index = args.task
         if kind not in ("map", "reduce") or not index.isdigit():
             parser.error("--task takes a kind (map or reduce) and a task number")
-        replies = {"task": status.query(args.endpoint, "task", kind, int(index), args.timeout)}
+        replies = {"task": status.query(args.endpoint, "task", kind, int(index), args.timeout, keys)}
     elif args.workers:
-        replies = {"workers": status.query(args.endpoint, "workers", timeout=args.timeout)}
+        replies = {"workers": status.query(args.endpoint, "workers", timeout=args.timeout, keys=keys)}
     elif args.tasks:
-        replies = {"tasks": status.query(args.endpoint, "tasks", timeout=args.timeout)}
+        replies = {"tasks": status.query(args.endpoint, "tasks", timeout=args.timeout, keys=keys)}
     else:
-        replies = {"job": status.query(args.endpoint, "job", timeout=args.timeout),
-                   "workers": status.query(args.endpoint, "workers", timeout=args.timeout)}
+        replies = {"job": status.query(args.endpoint, "job", timeout=args.timeout, keys=keys),
+                   "workers": status.query(args.endpoint, "workers", timeout=args.timeout, keys=keys)}
     if args.json:
         print(json.dumps(replies if len(replies) > 1 else next(iter(replies.values())), indent=2))
         return 0
     formatters = {"job": status.format_job, "workers": status.format_workers, "task": status.format_task,
                   "tasks": status.format_tasks}
     print("\n\n".join(formatters[name](data) for name, data in replies.items()))
+    return 0
+
+
+# --- zmqmr-keygen ------------------------------------------------------------------------------
+
+
+def _keygen(argv: Optional[List[str]]) -> int:
+    from .security import generate
+
+    parser = _parser("zmqmr-keygen")
+    parser.add_argument("directory", help="where to write the key files")
+    parser.add_argument("name", help="the key's name, such as the host's: NAME.key and NAME.key_secret")
+    args = parser.parse_args(argv)
+    public, secret = generate(args.directory, args.name)
+    print(f"public key: {public}  (give it to the other side: a worker's goes in the driver's --authorized-keys, "
+          "the driver's to every worker as --driver-key)")
+    print(f"secret key: {secret}  (mode 0600; it stays on this host)")
     return 0
 
 
@@ -395,4 +475,9 @@ def status_main(argv: Optional[List[str]] = None) -> int:
     return _main("zmqmr-status", _status, argv)
 
 
-COMMANDS = {"driver": driver_main, "worker": worker_main, "local": local_main, "status": status_main}
+def keygen_main(argv: Optional[List[str]] = None) -> int:
+    return _main("zmqmr-keygen", _keygen, argv)
+
+
+COMMANDS = {"driver": driver_main, "worker": worker_main, "local": local_main, "status": status_main,
+            "keygen": keygen_main}

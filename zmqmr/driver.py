@@ -24,6 +24,7 @@ from . import protocol
 from .errors import OutputError, ProtocolError
 from .journal import FinishedTask, Journal, JournalError
 from .staging import Staging
+from .security import Curve, Gate, serve
 from .workdir import JobDir, new_probe_token, remove_stale, write_probe
 from .executor import reduce_output_path
 from .output import SUCCESS, OutputDir
@@ -46,7 +47,7 @@ BAD_RECORDS_FILE = os.path.join("_bad_records", "bad-records.jsonl")
 
 
 def _sees(path: str, size: int) -> bool:
-    """The driver sees this file (of this size; -1: any): it is on this host or on shared storage."""
+    """The driver sees this file (of this size; -1: any)."""
     if size < 0:
         return os.path.isfile(path)
     try:
@@ -70,6 +71,7 @@ class DriverSettings:
     progress: bool = True  # a progress display (a bar on a terminal, else a line every few seconds)
     quiet: bool = False  # no counters table at the end
     staging: str = "auto"  # input and output through the driver: auto (where workers cannot see them), always, never
+    curve: Optional[Curve] = None  # CURVE server keys and the client keys admitted; None: plain text
 
 
 class BadMessageLog:
@@ -118,12 +120,15 @@ class Driver:
         self.probe = new_probe_token()
         self.job_dir: Optional[JobDir] = None
         self.staging = Staging(self.splits)
-        self.scheduler.sees = _sees
+        self.scheduler.sees = self._sees
         self.welcome_frame = protocol.encode(protocol.Welcome(
             job_id=plan.job_id, job=plan.job, reducers=plan.reducers,
             heartbeat_interval=settings.heartbeat_interval, work_dir=plan.work_dir,
             worker_timeout=settings.scheduler.worker_timeout, staging=settings.staging, probe=self.probe,
+            peer_keys=tuple(sorted(k.decode() for k in settings.curve.authorized)) if settings.curve else (),
         ))
+        self.gate: Optional[Gate] = None
+        self.identities: Dict[str, str] = {}  # with CURVE: worker name -> the public key that registered it
         self.context: Optional[zmq.Context] = None
         self.sock = None
         self.endpoint = ""
@@ -145,7 +150,10 @@ class Driver:
             self.job_dir = JobDir(self.plan.work_dir, self.plan.job_id)
             write_probe(self.job_dir.path, self.probe)  # workers that read it there keep map output here
         self.context = zmq.Context()
+        if self.settings.curve is not None:  # the ZAP handler runs before anyone can connect
+            self.gate = Gate(self.context, self.settings.curve.authorized)
         self.sock = self.context.socket(zmq.ROUTER)
+        serve(self.sock, self.settings.curve)
         self.sock.linger = 0
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
@@ -276,6 +284,14 @@ class Driver:
             outputs = tuple(scheduler.tasks[(REDUCE, i)].output for i in range(scheduler.num_reduces))
             self._carry_out([CommitOutput(outputs)], now)
 
+    def _sees(self, path: str, size: int) -> bool:
+        """A file a worker reported is one the driver sees: in the job's directory of --work-dir (map
+        output) or in the output's temporary directory (reduce output), never anywhere else."""
+        real = os.path.realpath(path)
+        ours = self.output.contains(real) or (self.job_dir is not None and
+                                              real.startswith(os.path.realpath(self.job_dir.path) + os.sep))
+        return ours and _sees(real, size)
+
     def close(self) -> None:
         self.staging.close()
         if self.job_dir is not None:
@@ -288,6 +304,9 @@ class Driver:
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
+        if self.gate is not None:
+            self.gate.stop()
+            self.gate = None
         if self.context is not None:
             self.context.term()
             self.context = None
@@ -295,14 +314,19 @@ class Driver:
     # --- receiving -----------------------------------------------------------------------
 
     def _drain(self) -> None:
+        curve = self.settings.curve is not None
         for _ in range(MAX_MESSAGES_PER_ROUND):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                if curve:  # the frames' metadata says whose key sent them
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    user = frames[-1].get("User-Id") if len(frames) == 2 else ""
+                    self._on_frames([f.bytes for f in frames], time.monotonic(), user)
+                else:
+                    self._on_frames(self.sock.recv_multipart(zmq.NOBLOCK), time.monotonic())
             except zmq.Again:
                 return
-            self._on_frames(frames, time.monotonic())
 
-    def _on_frames(self, frames: List[bytes], now: float) -> None:
+    def _on_frames(self, frames: List[bytes], now: float, user: str = "") -> None:
         if len(frames) != 2:
             self.bad.record("frames", f"{len(frames)} frames", now)
             return
@@ -312,6 +336,9 @@ class Driver:
         except ProtocolError as exc:
             self.bad.record(exc.reason, str(exc), now)
             self._refuse_bad_hello(route, body, exc)
+            return
+        if self.settings.curve is not None and isinstance(message, protocol.WorkerMessage) and \
+                not self._speaks_for_itself(message, user, now):
             return
         if isinstance(message, protocol.StatusQuery):
             self._send_frame(route, protocol.encode(self._status(message, now)))
@@ -333,6 +360,22 @@ class Driver:
         registered = self.scheduler.workers.get(message.worker)
         if registered is not None and registered.inc == message.inc:  # not a replaced process's route
             self.routes[message.worker] = route
+
+    def _speaks_for_itself(self, message: protocol.WorkerMessage, user: str, now: float) -> bool:
+        """With CURVE, a worker is its authenticated key: a name belongs to the key that registered it
+        while it is registered, and a worker's shuffle service must be its own key's."""
+        owner = self.identities.get(message.worker)
+        if owner is not None and owner != user and message.worker in self.scheduler.workers:
+            self.bad.record("impersonation", f"a message for worker {message.worker!r} from another key", now)
+            return False
+        if isinstance(message, protocol.Hello):
+            if message.shuffle_key and message.shuffle_key != user:
+                self.bad.record("impersonation", f"worker {message.worker!r} offers a shuffle key not its own", now)
+                return False
+            if len(self.identities) >= 2 * protocol.MAX_WORKERS:
+                self.identities = {n: k for n, k in self.identities.items() if n in self.scheduler.workers}
+            self.identities[message.worker] = user
+        return True
 
     def _rejected(self, item: protocol.Rejected, now: float) -> Optional[protocol.Failed]:
         """A batch item that failed validation is dropped and counted. If it was an attempt's report,
@@ -497,7 +540,8 @@ class Driver:
                 task = self.scheduler.tasks[(MAP, index)]
                 for part in task.output:
                     inputs[part.partition].append(protocol.MapOutput(map=index, path=part.path, size=part.size,
-                                                                     shuffle=task.shuffle))
+                                                                     shuffle=task.shuffle,
+                                                                     shuffle_key=task.shuffle_key))
             self.reduce_inputs = inputs
             self.reduce_inputs_generation = self.scheduler.map_generation
         return self.reduce_inputs

@@ -87,7 +87,9 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
                                      parts=tuple(parts))
             done = dict(parts=tuple(parts))
         else:
-            inputs = fetch_map_outputs(task.sources, os.path.join(scratch, "fetched"), reach.peers or Peers())
+            roots = [os.path.join(d, welcome.job_id) for d in (work_dir, welcome.work_dir) if d]
+            inputs = fetch_map_outputs(task.sources, os.path.join(scratch, "fetched"), reach.peers or Peers(), roots)
+            _check_output_dir(task.output_dir, welcome.job_id)
             out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
             if _uploads(welcome, task.output_dir, reach):
                 local = os.path.join(scratch, os.path.basename(out_path))
@@ -117,6 +119,13 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
         if os.path.isdir(scratch):
             shutil.rmtree(scratch, ignore_errors=True)
     return protocol.Failed(worker=worker, inc=inc, attempt=task.attempt, error=error)
+
+
+def _check_output_dir(output_dir: str, job_id: str) -> None:
+    """A reduce writes only into OUTPUT/_temporary/JOB: whatever a driver sends, nowhere else."""
+    parent, name = os.path.split(os.path.normpath(output_dir))
+    if not os.path.isabs(output_dir) or name != job_id or os.path.basename(parent) != "_temporary":
+        raise OSError(f"the driver named {output_dir!r} as the output directory, not OUTPUT/_temporary/{job_id}")
 
 
 def _reachable_segments(welcome: protocol.Welcome, task: protocol.Task, scratch: str, reach: Reach):
@@ -174,11 +183,11 @@ class _Jobs:
         return welcome, job
 
 
-def _child_main(conn, progress, parent_pid: int, worker: str, inc: str, driver: str) -> None:
+def _child_main(conn, progress, parent_pid: int, worker: str, inc: str, driver: str, keys) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
     jobs = _Jobs()
-    reach = Reach(worker, inc, driver, Peers())
+    reach = Reach(worker, inc, driver, Peers(keys))
     while True:
         try:
             job_id, welcome_frame, work_dir, tasks = conn.recv()
@@ -205,13 +214,13 @@ class Executor:
     The worker hands it a batch of tasks at once and gets their reports back in one or a few
     messages; the job's Welcome crosses the pipe once per job."""
 
-    def __init__(self, worker: str, inc: str, start_method: str = "fork", driver: str = ""):
+    def __init__(self, worker: str, inc: str, start_method: str = "fork", driver: str = "", keys=None):
         context = multiprocessing.get_context(start_method)
         self.conn, child_conn = context.Pipe()
         self.progress = context.RawArray("q", PROGRESS_SLOTS)
         self.process = context.Process(
-            target=_child_main, args=(child_conn, self.progress, os.getpid(), worker, inc, driver), name="zmqmr-task"
-        )
+            target=_child_main, args=(child_conn, self.progress, os.getpid(), worker, inc, driver, keys),
+            name="zmqmr-task")
         self.process.start()
         child_conn.close()
         self.jobs_sent: set = set()

@@ -34,6 +34,9 @@ MIN_MEMORY_LIMIT = 16 * 1024 * 1024  # a task process needs about this much for 
 DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
 MAX_CHUNK_BYTES = 1024 * 1024  # file bytes in one chunk, upload or fetch
 STAGING_MODES = ("auto", "always", "never")  # how workers reach input and output (see Welcome.staging)
+CURVE_KEY_LEN = 40  # a CURVE public key in z85
+MAX_PEER_KEYS = 10_000  # authorized keys a welcome may carry
+MAX_WORKERS = 4096  # workers the driver tracks at once; more are told to leave
 
 
 # --- field checks ----------------------------------------------------------------
@@ -481,6 +484,7 @@ class MapOutput:
     path: str = check(Text(MAX_PATH_LEN, 1))
     size: int = check(Int(0, 2**62))
     shuffle: str = check(Text(MAX_NAME_LEN), "")
+    shuffle_key: str = check(Text(CURVE_KEY_LEN), "")  # with CURVE: that service's public key
 
 
 @dataclass(frozen=True)
@@ -556,6 +560,7 @@ class Hello(WorkerMessage):
     pid: int = check(Int(0, 2**32), 0)
     software: str = check(Text(64), "")
     shuffle: str = check(Text(MAX_NAME_LEN), "")  # the endpoint where it serves its map output
+    shuffle_key: str = check(Text(CURVE_KEY_LEN), "")  # with CURVE: the service's public key (the worker's own)
 
 
 @dataclass(frozen=True)
@@ -630,6 +635,8 @@ class Welcome(Message):
     worker_timeout: float = check(Float(0, 1e6), 0.0)  # a worker's own interval must stay well below it
     staging: str = check(OneOf(STAGING_MODES), "auto")  # input and output through the driver: auto, always, never
     probe: str = check(Text(64), "")  # the content of PROBE_FILE in the driver's work and output dirs
+    peer_keys: Tuple[str, ...] = check(ListOf(Text(CURVE_KEY_LEN, CURVE_KEY_LEN), MAX_PEER_KEYS), ())  # with CURVE:
+    # the public keys the driver admits, which a worker's shuffle service admits too
 
 
 @dataclass(frozen=True)

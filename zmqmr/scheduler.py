@@ -22,6 +22,7 @@ MAP = "map"
 REDUCE = "reduce"
 FRAMEWORK_GROUP = "zmqmr"
 TaskKey = Tuple[str, int]
+MAX_REPLACED_INCS = 16  # incarnations remembered per worker name (see Scheduler.replaced)
 
 
 class TaskState(str, Enum):
@@ -84,6 +85,7 @@ class TaskRecord:
     bad_count: int = 0
     winner_worker: str = ""  # the worker whose attempt won: where a map task's output lives
     shuffle: str = ""  # that worker's shuffle service
+    shuffle_key: str = ""  # and its public key, with CURVE
     output_safe: bool = False  # a map output the driver itself sees: it outlives its worker
     fetch_failures: int = 0  # reduce attempts that could not fetch map output
 
@@ -105,6 +107,7 @@ class WorkerRecord:
     registered_at: float
     last_seen: float
     shuffle: str = ""  # where it serves its map output
+    shuffle_key: str = ""
     running: Set[int] = field(default_factory=set)  # every attempt it holds, queued ones included
     queued: Set[int] = field(default_factory=set)  # held attempts not known to have started
     waiting: bool = False
@@ -233,6 +236,7 @@ class Scheduler:
         self.map_generation = 0  # changes whenever a finished map task's output is lost
         # Does the driver see this file (path, size)? Set by the driver; None: no files to look at.
         self.sees: Optional[Callable[[str, int], bool]] = None
+        self.max_workers = protocol.MAX_WORKERS
 
     # --- entry points ----------------------------------------------------------------
 
@@ -378,14 +382,19 @@ class Scheduler:
         if known is not None and known.inc != msg.inc:
             if msg.inc in self.replaced.get(msg.worker, ()):
                 return self._send_replaced_away(msg.worker)
-            self.replaced.setdefault(msg.worker, set()).add(known.inc)
+            self._note_replaced(msg.worker, known.inc)
             actions += self._lose_worker(known, now, "it restarted as a new process", coming_back=True)
             known = None
             if self.state in TERMINAL:
                 return actions + [Send(msg.worker, self._exit_message())]
         if known is None:
+            if len(self.workers) >= self.max_workers:
+                self.dropped["too_many_workers"] += 1
+                reason = f"the driver already has {len(self.workers)} workers, its limit (MAX_WORKERS)"
+                return actions + [Send(msg.worker, protocol.Exit(reason=reason, ok=False))]
             self.workers[msg.worker] = WorkerRecord(
-                msg.worker, msg.inc, msg.host, msg.pid, registered_at=now, last_seen=now, shuffle=msg.shuffle
+                msg.worker, msg.inc, msg.host, msg.pid, registered_at=now, last_seen=now, shuffle=msg.shuffle,
+                shuffle_key=msg.shuffle_key,
             )
             log.info("worker %s registered (host %s, pid %d, shuffle %s)", msg.worker, msg.host or "?", msg.pid,
                      msg.shuffle or "none", extra={"event": "registered", "worker": msg.worker, "host": msg.host,
@@ -394,6 +403,16 @@ class Scheduler:
             known.last_seen = now
             log.info("worker %s reconnected", msg.worker, extra={"event": "reconnected", "worker": msg.worker})
         return actions + [Greet(msg.worker)]
+
+    def _note_replaced(self, name: str, inc: str) -> None:
+        """Remember a replaced incarnation, within bounds: a flood of restarts cannot grow memory."""
+        incs = self.replaced.pop(name, set())  # re-inserted last: the dict stays in order of use
+        if len(incs) >= MAX_REPLACED_INCS:
+            incs.pop()
+        incs.add(inc)
+        self.replaced[name] = incs
+        while len(self.replaced) > self.max_workers:
+            del self.replaced[next(iter(self.replaced))]
 
     def _send_replaced_away(self, name: str) -> List[Action]:
         """A process we took for dead speaks again: two live workers share one name."""
@@ -534,7 +553,7 @@ class Scheduler:
         task.attempt = None
         task.winner = msg.attempt
         task.output = msg.parts if task.kind == MAP else msg.output
-        task.winner_worker, task.shuffle = worker.name, worker.shuffle
+        task.winner_worker, task.shuffle, task.shuffle_key = worker.name, worker.shuffle, worker.shuffle_key
         task.output_safe = task.kind == MAP and self.sees is not None and \
             all(self.sees(part.path, part.size) for part in msg.parts)
         task.stats = msg.stats

@@ -18,6 +18,7 @@ import zmq
 
 from . import protocol
 from .errors import ProtocolError
+from .security import Curve, serve
 
 log = logging.getLogger("zmqmr.shuffle")
 
@@ -26,8 +27,10 @@ REFUSAL_LOG_LIMIT = 20  # refusals logged one by one; then only counted
 
 
 class ShuffleService:
-    def __init__(self, context: zmq.Context, bind_host: str, port: int, advertise_host: str):
+    def __init__(self, context: zmq.Context, bind_host: str, port: int, advertise_host: str,
+                 curve: Optional[Curve] = None):
         self.sock = context.socket(zmq.ROUTER)
+        serve(self.sock, curve)  # with CURVE, only clients the context's ZAP handler admits get through
         self.sock.linger = 0
         self.sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # a fetch is small
         self.sock.ipv6 = ":" in bind_host

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import zmq
 
 from . import protocol
 from .errors import ProtocolError, ZmqmrError
+from .security import CurveKeys, connect_as
 
 
 class StatusUnavailable(ZmqmrError):
     """The driver did not answer in time, or answered with an error."""
 
 
-def query(endpoint: str, what: str, kind: str = "", index: int = 0, timeout: float = 5.0) -> Any:
-    """Send one StatusQuery and return the reply's data."""
+def query(endpoint: str, what: str, kind: str = "", index: int = 0, timeout: float = 5.0,
+          keys: Optional[CurveKeys] = None) -> Any:
+    """Send one StatusQuery and return the reply's data; with `keys`, over CURVE."""
     context = zmq.Context.instance()
     sock = context.socket(zmq.DEALER)
     sock.linger = 0
     sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+    connect_as(sock, keys)
     try:
         sock.connect(endpoint)
         sock.send(protocol.encode(protocol.StatusQuery(what=what, kind=kind, index=index)))
         if not sock.poll(timeout * 1000):
-            raise StatusUnavailable(f"no answer from a driver at {endpoint} within {timeout:g} s")
+            hint = "" if keys is not None else " (a driver that uses CURVE answers only --curve-secret clients)"
+            raise StatusUnavailable(f"no answer from a driver at {endpoint} within {timeout:g} s{hint}")
         try:
             reply = protocol.decode(sock.recv(), protocol.TO_WORKER)
         except ProtocolError as exc:

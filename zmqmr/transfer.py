@@ -21,6 +21,7 @@ import zmq
 from . import protocol
 from .errors import ProtocolError
 from .protocol import MAX_CHUNK_BYTES, MapOutput, Segment
+from .security import CurveKeys, connect_as
 
 CREDIT = 4  # requests in flight to one peer
 MAX_IN_FLIGHT = 16  # requests in flight over all peers: at most this many chunks on their way here
@@ -51,13 +52,16 @@ def fetch_path(path: str) -> str:
 
 
 class Peers:
-    """DEALER sockets of one task process, one per endpoint, made on first use and kept open."""
+    """DEALER sockets of one task process, one per endpoint, made on first use and kept open.
+    With CURVE `keys`, each is a CURVE client of its peer's public key (the driver's by default)."""
 
-    def __init__(self):
+    def __init__(self, keys: Optional[CurveKeys] = None):
+        self.keys = keys
         self.context: Optional[zmq.Context] = None
         self.sockets: Dict[str, zmq.Socket] = {}
+        self.server_keys: Dict[str, bytes] = {}
 
-    def socket(self, endpoint: str, fresh: bool = False) -> zmq.Socket:
+    def socket(self, endpoint: str, fresh: bool = False, server_key: bytes = b"") -> zmq.Socket:
         sock = self.sockets.get(endpoint)
         if sock is not None and not fresh:
             return sock
@@ -69,6 +73,9 @@ class Peers:
         sock.linger = 0
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         sock.ipv6 = True  # a shuffle endpoint may be an IPv6 address; IPv4 ones work as before
+        if server_key:
+            self.server_keys[endpoint] = server_key
+        connect_as(sock, self.keys, self.server_keys.get(endpoint, b""))
         sock.connect(endpoint)
         self.sockets[endpoint] = sock
         return sock
@@ -197,17 +204,21 @@ def _chunks(fd: int, start: int, end: int, message) -> List[_Want]:
 # --- what the task process uses -------------------------------------------------------
 
 
-def fetch_map_outputs(sources: Sequence[MapOutput], scratch: str, sockets: Peers) -> List[str]:
-    """A path on this host for every source: the file itself where this host can read it, else a copy
-    fetched from its worker's shuffle service into `scratch`. TransferFailed names the map tasks
-    whose output could not be had, from every peer that failed."""
+def fetch_map_outputs(sources: Sequence[MapOutput], scratch: str, sockets: Peers,
+                      roots: Sequence[str] = ()) -> List[str]:
+    """A path on this host for every source: the file itself where this host can read it (only under
+    one of the job directories `roots`), else a copy fetched from its worker's shuffle service into
+    `scratch`. TransferFailed names the map tasks whose output could not be had, from every peer
+    that failed."""
+    real_roots = [os.path.realpath(r) + os.sep for r in roots]
     paths: List[str] = []
     peers: Dict[str, _Peer] = {}
     fds: List[int] = []
     missing: List[int] = []
     try:
         for i, source in enumerate(sources):
-            if readable_here(source.path, source.size):
+            if any(os.path.realpath(source.path).startswith(r) for r in real_roots) and \
+                    readable_here(source.path, source.size):
                 paths.append(source.path)
                 continue
             if not source.shuffle:
@@ -220,6 +231,8 @@ def fetch_map_outputs(sources: Sequence[MapOutput], scratch: str, sockets: Peers
             paths.append(dest)
             peer = peers.setdefault(source.shuffle, _Peer(source.shuffle))
             peer.maps += (source.map,)
+            if source.shuffle_key:
+                sockets.socket(source.shuffle, server_key=source.shuffle_key.encode())
             name = fetch_path(source.path)
 
             def message(offset: int, length: int, tag: int, name=name) -> protocol.Message:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Deque, List, Optional, Set, Tuple
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import __version__, protocol
 from .errors import ProtocolError, UsageError
 from .executor import Executor, map_output_dir, reduce_output_path
 from .shuffle import ShuffleService
+from .security import Curve, CurveKeys, Gate, connect_as
 from .workdir import JobDir, default_work_dir, remove_stale, shares
 
 log = logging.getLogger("zmqmr.worker")
@@ -34,6 +36,8 @@ PREFETCH = 32  # tasks held at most (running and queued), when tasks are short
 EXECUTOR_BATCH = 16  # short tasks handed to the task process at once
 FIRST_TASKS = 1  # held while nothing is known of the tasks' length
 BATCH_BYTES = protocol.MAX_MESSAGE_BYTES - 64 * 1024
+HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class WorkerSettings:
     bind_host: Optional[str] = None  # the shuffle service's address; None: the one that reaches the driver
     advertise_host: Optional[str] = None  # what reducers elsewhere connect to; None: the bound address
     shuffle_port: int = 0  # 0: any free port
+    curve_keys: Optional[CurveKeys] = None  # this worker's key pair, with the driver's public key as `server`
 
 
 def default_worker_name() -> str:
@@ -102,6 +107,7 @@ class Worker:
         self.work_root = ""  # where this job's files go: --work-dir, the driver's shared one, or the default
         self.job_dir: Optional[JobDir] = None  # this job's directory under work_root, claimed
         self.shuffle: Optional[ShuffleService] = None
+        self.handshake_logged = float("-inf")
         self.told_to_exit = False
         self.previous_job_id = ""  # the job of the driver that stopped knowing us
         self.recent_reports: Deque[bytes] = deque(maxlen=RECENT_REPORTS)
@@ -120,17 +126,24 @@ class Worker:
     def run(self) -> int:
         """Work until the driver says the job is over (0) or falls silent (1)."""
         # The task process is forked before any ZeroMQ context exists in this process.
-        self.executor = Executor(self.name, self.inc, "fork", self.settings.driver)
+        self.executor = Executor(self.name, self.inc, "fork", self.settings.driver, self.settings.curve_keys)
         self.context = zmq.Context()
+        keys = self.settings.curve_keys
+        self.gate = Gate(self.context) if keys is not None else None  # admits the driver's keys, from welcome
         bind, advertise = shuffle_addresses(self.settings)
         try:
-            self.shuffle = ShuffleService(self.context, bind, self.settings.shuffle_port, advertise)
+            self.shuffle = ShuffleService(self.context, bind, self.settings.shuffle_port, advertise,
+                                          Curve(keys) if keys is not None else None)
         except zmq.ZMQError as exc:
             self.executor.stop()
+            if self.gate is not None:
+                self.gate.stop()
             self.context.term()
             raise UsageError(f"cannot start the shuffle service on {bind}:{self.settings.shuffle_port or 'any port'}"
                              f": {exc} (see --bind-host, --shuffle-port)") from None
         self.sock = self.context.socket(zmq.DEALER)
+        connect_as(self.sock, keys)
+        self.handshakes = self.sock.get_monitor_socket(HANDSHAKE_FAILURES) if keys is not None else None
         self.sock.linger = 0
         self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         self.sock.connect(self.settings.driver)
@@ -138,6 +151,8 @@ class Worker:
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.executor.fileno(), zmq.POLLIN)
         self.poller.register(self.shuffle.sock, zmq.POLLIN)
+        if self.handshakes is not None:
+            self.poller.register(self.handshakes, zmq.POLLIN)
         log.info("worker %s connecting to %s; serving map output on %s", self.name, self.settings.driver,
                  self.shuffle.endpoint)
         job_over = False
@@ -148,8 +163,13 @@ class Worker:
             return code
         finally:
             self.executor.stop()
+            if self.handshakes is not None:
+                self.sock.disable_monitor()
+                self.handshakes.close(linger=0)
             self.sock.close(linger=0)
             self.shuffle.close()
+            if self.gate is not None:
+                self.gate.stop()
             self.context.term()
             self._remove_work_files(job_over)
 
@@ -159,8 +179,10 @@ class Worker:
         while True:
             now = time.monotonic()
             if now - self.last_heard > self.settings.driver_timeout:
-                log.error("no word from the driver at %s for %.0f s; is it running? giving up",
-                          self.settings.driver, now - self.last_heard)
+                why = "the CURVE handshake failed (see above);" if self.handshake_logged > float("-inf") else \
+                    "is it running?"
+                log.error("no word from the driver at %s for %.0f s; %s giving up",
+                          self.settings.driver, now - self.last_heard, why)
                 return 1
             self._feed_executor()
             self._send_due(now)
@@ -172,6 +194,8 @@ class Worker:
                         return code
                 elif item is self.shuffle.sock:
                     self.shuffle.handle()
+                elif item is self.handshakes:
+                    self._handshake_failed()
                 else:
                     self._on_executor_ready()
 
@@ -265,7 +289,9 @@ class Worker:
 
     def _say_hello(self) -> None:
         self._send(protocol.Hello(worker=self.name, inc=self.inc, host=socket.gethostname(),
-                                  pid=os.getpid(), software=f"zmqmr {__version__}", shuffle=self.shuffle.endpoint))
+                                  pid=os.getpid(), software=f"zmqmr {__version__}", shuffle=self.shuffle.endpoint,
+                                  shuffle_key=self.settings.curve_keys.public.decode() if self.settings.curve_keys
+                                  else ""))
 
     # --- messages from the driver ----------------------------------------------------------
 
@@ -288,6 +314,20 @@ class Worker:
                 code = self._on_message(item, frames[0])
                 if code is not None:
                     return code
+
+    def _handshake_failed(self) -> None:
+        """The CURVE handshake with the driver failed: say why at once (and now and then after)."""
+        event = recv_monitor_message(self.handshakes)
+        now = time.monotonic()
+        if now - self.handshake_logged < 10.0:
+            return
+        self.handshake_logged = now
+        code = event.get("value", 0)
+        why = "the driver refused this worker's key (is it in the driver's --authorized-keys?)" \
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else \
+            "the driver's key is not the one this worker was given (--driver-key), or it does not use CURVE"
+        log.error("CURVE handshake with %s failed: %s [event %d, %d]; nothing from it will be run",
+                  self.settings.driver, why, event["event"], code)
 
     def _bad(self, reason: str, detail: str) -> None:
         self.bad_messages += 1
@@ -372,6 +412,8 @@ class Worker:
         for path in remove_stale(self.work_root, keep=welcome.job_id):
             log.info("removed %s, left by a job that failed or was killed", path)
         self.shuffle.serve_job(welcome.job_id, self.work_root)
+        if self.gate is not None:
+            self.gate.allow(key.encode() for key in welcome.peer_keys)
 
     def _work_dir(self) -> str:
         return self.work_root
@@ -445,7 +487,7 @@ class Worker:
         self.poller.unregister(self.executor.fileno())
         self.executor.stop()
         # A ZeroMQ context exists now, so the new process must not be a fork of this one.
-        self.executor = Executor(self.name, self.inc, "spawn", self.settings.driver)
+        self.executor = Executor(self.name, self.inc, "spawn", self.settings.driver, self.settings.curve_keys)
         self.poller.register(self.executor.fileno(), zmq.POLLIN)
 
     def _cancel(self, message: protocol.Cancel) -> None:
