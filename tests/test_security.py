@@ -73,14 +73,14 @@ def test_a_plain_text_driver_port_off_loopback_needs_insecure(tmp_path, capsys, 
     assert not (tmp_path / "out").exists()
 
 
-def curve_driver(procs, tmp_path, keys, corpus, out):
+def curve_driver(procs, tmp_path, keys, corpus, out, *extra, port=None):
     keydir, authorized = keys
-    port = free_port()
+    port = port or free_port()
     log = tmp_path / "driver.log"
     driver = procs.start(zmqmr_command("driver", "--port", port, "--input", *corpus, "--output", out, "--mappers", 4,
                                        "--curve-secret", keydir / "driver.key_secret", "--authorized-keys",
                                        authorized, "--log-file", log, "-q", "--worker-timeout", 30,
-                                       "--heartbeat-interval", 0.5))
+                                       "--heartbeat-interval", 0.5, *extra))
     return driver, f"tcp://127.0.0.1:{port}", log
 
 
@@ -173,3 +173,41 @@ def test_status_needs_a_key_and_a_name_belongs_to_the_key_that_registered_it(pro
     gate.touch()
     assert finish(driver, 60).returncode == 0
     assert finish(good, 30).returncode == 0
+
+
+def test_reducers_fetch_over_curve_from_each_others_shuffle_service(procs, tmp_path, keys):
+    """Two workers whose work dirs are their own: each reducer fetches the other's map output
+    from its shuffle service, over CURVE, and the answer is exact."""
+    keydir, _ = keys
+    corpus = make_corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    # Both workers are there before the driver, and each map task takes a while: both run maps.
+    workers = [procs.start(zmqmr_command("worker", "--driver", endpoint, "--name", f"w{i}", "--work-dir",
+                                         tmp_path / f"work{i}", "--curve-secret", keydir / "worker.key_secret",
+                                         "--driver-key", keydir / "driver.key")) for i in (1, 2)]
+    job = tmp_path / "job.py"
+    job.write_text("import re, time\ndef mapper(path, line):\n    time.sleep(0.0005)\n"
+                   "    for word in re.findall(r'[^\\W\\d_]+', line):\n        yield word, 1\n"
+                   "def reducer(word, counts):\n    yield word, sum(counts)\n")
+    driver, _, log = curve_driver(procs, tmp_path, keys, corpus, out, "--job", job, "--reducers", 2, port=port)
+    assert finish(driver, 60).returncode == 0
+    results = [finish(w, 30) for w in workers]
+    assert [r.returncode for r in results] == [0, 0]
+    assert counts_of(out) == sequential_wordcount(corpus)
+    served = [r.stderr for r in results if "bytes of map output to reducers" in r.stderr]
+    assert served, [r.stderr for r in results]
+    assert os.listdir(tmp_path / "work1") == [] and os.listdir(tmp_path / "work2") == []
+
+
+def test_staging_through_the_driver_works_over_curve(procs, tmp_path, keys):
+    keydir, _ = keys
+    corpus = make_corpus(tmp_path / "in", files=2, lines=500)
+    out = tmp_path / "out"
+    driver, endpoint, log = curve_driver(procs, tmp_path, keys, corpus, out, "--staging", "always", "--reducers", 2)
+    worker = curve_worker(procs, keydir, endpoint, "good", "worker")
+    assert finish(driver, 60).returncode == 0
+    assert finish(worker, 30).returncode == 0
+    assert counts_of(out) == sequential_wordcount(corpus)
+    assert "staging: sent" in log.read_text()

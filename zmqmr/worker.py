@@ -163,6 +163,8 @@ class Worker:
             return code
         finally:
             self.executor.stop()
+            if self.shuffle.served_bytes:
+                log.info("served %d bytes of map output to reducers on other hosts", self.shuffle.served_bytes)
             if self.handshakes is not None:
                 self.sock.disable_monitor()
                 self.handshakes.close(linger=0)
