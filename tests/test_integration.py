@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -676,3 +677,25 @@ def test_staging_moves_input_and_output_through_the_driver_and_the_answer_is_exa
     sent, received = [int(w) for w in staged[0].split() if w.isdigit()][:2]
     assert sent >= sum(os.path.getsize(p) for p in corpus)
     assert received == sum(os.path.getsize(out / n) for n in os.listdir(out) if n.startswith("part-"))
+
+
+def test_tasks_of_a_few_tens_of_milliseconds_never_lose_their_batch(procs, corpus, tmp_path):
+    """Tasks short enough to be batched but long enough that the task process sends each report
+    early: the end of one batch must not be taken for the end of the next (it once was, and the
+    driver re-queued the same attempts forever as "never received")."""
+    job = write_job(tmp_path, """
+        import time
+        from collections import Counter
+        def map_split(path, lines):
+            time.sleep(0.03)
+            return Counter(w for line in lines for w in line.split()).items()
+        def reducer(key, values):
+            yield key, sum(values)
+        """)
+    out, log = tmp_path / "out", tmp_path / "driver.log"
+    result = procs.run(zmqmr_command("local", "--workers", 2, "--job", job, "--input", *corpus, "--output", out,
+                                     "--mappers", 40, "-q", "--log-file", log), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "never received" not in log.read_text()
+    expected = collections.Counter(w for p in corpus for w in open(p, encoding="utf-8").read().split())
+    assert counts_of(out) == dict(expected)

@@ -196,13 +196,13 @@ def _child_main(conn, progress, parent_pid: int, worker: str, inc: str, driver: 
         welcome, job = jobs.get(job_id, welcome_frame)
         reports = []
         flushed = time.monotonic()
-        for task in tasks:
+        for position, task in enumerate(tasks, start=1):
             started = time.monotonic()
             report = run_assignment(welcome, task, work_dir, worker, inc, progress, job, reach)
             progress[ATTEMPT] = 0  # between attempts: a death now is no attempt's fault
             now = time.monotonic()
             reports.append((task.attempt, now - started, report_item(report, worker, inc)))
-            if now - flushed >= REPORT_FLUSH_SECONDS and len(reports) < len(tasks):
+            if now - flushed >= REPORT_FLUSH_SECONDS and position < len(tasks):  # the last goes with "over"
                 conn.send((False, reports))  # a long task later in the batch must not hold these back
                 reports, flushed = [], now
         conn.send((True, reports))
@@ -224,6 +224,7 @@ class Executor:
         self.process.start()
         child_conn.close()
         self.jobs_sent: set = set()
+        self.busy = False  # a batch was submitted and its last reply ("over") has not come back
 
     def fileno(self) -> int:
         return self.conn.fileno()
@@ -233,13 +234,17 @@ class Executor:
         welcome = None if job_id in self.jobs_sent else welcome_frame
         self.jobs_sent.add(job_id)
         self.conn.send((job_id, welcome, work_dir, tasks))
+        self.busy = True
 
     def receive(self) -> Optional[Tuple[bool, List[Tuple[int, float, bytes]]]]:
         """(whether the batch is over, [(attempt, seconds, report item)]), or None when the process died."""
         try:
-            return self.conn.recv()
+            reply = self.conn.recv()
         except (EOFError, OSError):
             return None
+        if reply[0]:
+            self.busy = False
+        return reply
 
     def running_attempt(self) -> int:
         """The attempt the task process is running now, or 0."""

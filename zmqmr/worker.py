@@ -421,8 +421,9 @@ class Worker:
         return self.work_root
 
     def _feed_executor(self) -> None:
-        """Hand the task process its next tasks: a batch when tasks are short, else one."""
-        if self.batch or not self.queue or self.welcome is None:
+        """Hand the task process its next tasks: a batch when tasks are short, else one. Never while
+        it still works on a batch: its "over" would be taken for the new batch's."""
+        if self.batch or self.executor.busy or not self.queue or self.welcome is None:
             return
         count = EXECUTOR_BATCH if self.task_seconds is not None and self.task_seconds < SHORT_TASK else 1
         self.batch = [self.queue.popleft() for _ in range(min(count, len(self.queue)))]
