@@ -7,10 +7,10 @@ removed again at the end, even when the test fails.
 
 A command on a host runs as
 
-    ip netns exec NS unshare --mount --propagation private \
-        sh -c 'mount -t tmpfs tmpfs DIR1 && mount -t tmpfs tmpfs DIR2 && exec CMD'
+    ip netns exec NS unshare --mount --uts --propagation private \
+        sh -c 'hostname HOST && mount -t tmpfs tmpfs DIR1 && mount -t tmpfs tmpfs DIR2 && exec CMD'
 
-in its own process group: the host's network, and a private empty tmpfs over each of the host's
+in its own process group: the host's network and name, and a private empty tmpfs over each of the host's
 `masks` (for a worker: the driver's directories and the worker's own work directory), so files
 written there exist only on that host and the driver's files are not there at all. Directories
 that are not masked (logs, gate files) are seen by every host alike.
@@ -18,7 +18,7 @@ that are not masked (logs, gate files) are seen by every host alike.
 `ZmqmrCluster` adds zmqmr on top: a driver host and worker hosts with the command lines, status
 queries, logs and a gated job file for tests that must control timing.
 
-Needs root, `ip` (iproute2), `unshare`, `nsenter` and `mount`; `skip_reason()` says what is
+Needs root, `ip` (iproute2), `unshare`, `nsenter`, `mount` and `hostname`; `skip_reason()` says what is
 missing, and `cluster_fixture` (hence `ZmqmrCluster`) skips the test then, or when `ip netns add`
 fails. Namespace names carry the test process's pid: a run killed before its teardown leaves
 namespaces that the next run removes (`remove_stale`).
@@ -43,7 +43,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = ("ip", "unshare", "nsenter", "mount")
+TOOLS = ("ip", "unshare", "nsenter", "mount", "hostname")
 PREFIX = "zq"  # every namespace and interface this harness makes starts with it
 
 
@@ -184,9 +184,10 @@ class Host:
     def wrap(self, argv: Sequence[str], masks: Optional[Sequence[Path]] = None) -> List[str]:
         """The command line that runs `argv` on this host, with tmpfs over its masked directories."""
         masks = self.masks if masks is None else [Path(m) for m in masks]
-        steps = [f"mount -t tmpfs -o size=512m,mode=0755 tmpfs {shlex.quote(str(m))}" for m in masks]
+        steps = [f"hostname {shlex.quote(self.name)}"]  # its own host name too (a UTS namespace)
+        steps += [f"mount -t tmpfs -o size=512m,mode=0755 tmpfs {shlex.quote(str(m))}" for m in masks]
         steps.append("exec " + shlex.join(str(a) for a in argv))
-        return ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
+        return ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--uts", "--propagation", "private",
                 "sh", "-c", " && ".join(steps)]
 
     def start(self, argv: Sequence[str], label: Optional[str] = None, env_extra: Optional[dict] = None,

@@ -79,8 +79,9 @@ def test_harness_hosts_have_their_own_network_and_files(tmp_path):
         driver, a, b = cluster["driver"], cluster["a"], cluster["b"]
         assert cluster.leftovers(), "the namespaces should exist while the cluster is up"
         assert a.can_reach(driver) and b.can_reach(a) and driver.can_reach(b)
-        # lo is up in every host.
+        # lo is up in every host, and each has its own name.
         assert "UP" in a.run(["ip", "link", "show", "lo"], check=True).stdout
+        assert a.run(["hostname"], check=True).stdout.strip() == "a"
         # The driver host sees the real directory; a worker host sees an empty tmpfs there.
         assert driver.run(["cat", secret / "input.txt"], check=True).stdout == "driver data\n"
         seen = a.run(["sh", "-c", f"ls -A {secret}; grep -c tmpfs /proc/self/mounts"], check=True).stdout
@@ -115,9 +116,9 @@ def test_word_count_across_three_hosts_is_exact(mr):
     mr.wait_for_log("map tasks finished; starting 3 reduce tasks")
     rows = mr.wait_for_status(lambda rows: all(rows.get(w, {}).get("tasks_done", 0) >= 1 for w in WORKERS), 20,
                               "every worker to have finished a map task")
-    for name in WORKERS:
-        host = mr.host(name)
-        assert rows[name].get("shuffle", "").startswith(f"tcp://{host.address}:"), rows[name]
+    for name in WORKERS:  # each on its own host, with its shuffle service on that host's address
+        assert rows[name]["host"] == name, rows[name]
+        assert rows[name].get("shuffle", "").startswith(f"tcp://{mr.host(name).address}:"), rows[name]
     mr.open_gate("reduce")
     finish_ok(mr)
     assert counts_of(mr.output) == sequential_wordcount(paths)
