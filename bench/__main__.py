@@ -151,7 +151,7 @@ def main() -> None:
     c.add_argument("--corpus", required=True, help="a directory of text")
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--every", type=float, default=2.0, help="seconds between kills")
-    from bench import cluster, dispatch, memory, profile, shuffle, wordcount
+    from bench import cluster, dispatch, fuzz, memory, profile, shuffle, wordcount
 
     wordcount.add_parser(sub)
     memory.add_parser(sub)
@@ -159,6 +159,7 @@ def main() -> None:
     dispatch.add_parser(sub)
     shuffle.add_parser(sub)
     cluster.add_parser(sub)
+    fuzz.add_parser(sub)
     args = parser.parse_args()
     if hasattr(args, "func"):
         args.func(args)

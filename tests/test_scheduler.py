@@ -2334,3 +2334,29 @@ def test_a_reduce_that_can_never_fetch_fails_the_job_after_max_worker_losses():
         sim.hello("w2") if "w2" not in sim.s.workers else None
     assert finished(actions) and not finished(actions)[0].ok
     assert "could not fetch its input 2 times" in sim.s.failure.reason
+
+
+def test_reduces_not_yet_reducing_are_recalled_when_output_is_lost_and_reducing_ones_go_on():
+    sim = Sim(2, 3, shared_storage=False)
+    _maps_on(sim, ["w1", "w2"])
+    sim.hello("w3")
+    reducing = sim.assign("w2")
+    sim.send(Heartbeat(worker="w2", inc="1", running=(reducing.attempt,),
+                       progress=(Progress(attempt=reducing.attempt, records=5),)))  # past its fetches
+    fetching = sim.assign("w3")
+    queued = sim.assign("w3")  # a second one, held in w3's queue
+    sim.now = 4.0
+    sim.heartbeat("w2")
+    sim.heartbeat("w3")
+    actions = sim.tick(6.0)  # w1, holding map 0's output, is lost
+    assert "w1" not in sim.s.workers
+    cancelled = sorted(a.message.attempt for a in actions if isinstance(a, Send) and isinstance(a.message, Cancel))
+    assert cancelled == sorted([fetching.attempt, queued.attempt])
+    assert sim.state(REDUCE, reducing.index) == TaskState.RUNNING
+    assert {sim.state(REDUCE, a.index) for a in (fetching, queued)} == {TaskState.BLOCKED}
+    assert sim.s.tasks[(REDUCE, fetching.index)].failures == 0 and sim.s.workers["w3"].running == set()
+    # Map 0 is made again; the recalled reduces run again, with its new location.
+    again = sim.assign("w3")
+    assert (again.kind, again.index) == (MAP, 0)
+    sim.done("w3", again.attempt)
+    assert {a.index for a in (sim.assign("w3"), sim.assign("w3"))} == {fetching.index, queued.index}

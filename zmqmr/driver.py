@@ -25,10 +25,11 @@ from .errors import OutputError, ProtocolError
 from .journal import FinishedTask, Journal, JournalError
 from .staging import Staging
 from .security import Curve, Gate, serve
-from .workdir import JobDir, new_probe_token, remove_stale, write_probe
+from .workdir import JobDir, default_work_dir, new_probe_token, remove_stale, write_probe
 from .executor import reduce_output_path
 from .output import SUCCESS, OutputDir
 from .plan import JobPlan
+from .procutil import raise_file_limit
 from .monitor import SNAPSHOT_INTERVAL, Monitor, failure_report, print_counters, split_bytes
 from .progress import start_progress
 from .scheduler import (MAP, REDUCE, TERMINAL, Assign, AttemptFailed, CommitOutput, Greet, JobFailure, JobFinished,
@@ -41,6 +42,7 @@ BUNDLE_HEAD_BYTES = 64  # a bundle's own bytes besides its items
 HEALTH_CHECK_INTERVAL = 0.2
 _WELCOME = object()  # in a worker's outgoing messages: the job's Welcome frame goes here
 MAX_POLL_SECONDS = 1.0
+HANDSHAKE_MS = 10_000  # a connection must finish its ZMTP (and CURVE) handshake within this
 BAD_MESSAGE_LOG_INTERVAL = 10.0
 COUNTERS_FILE = "_counters.json"
 BAD_RECORDS_FILE = os.path.join("_bad_records", "bad-records.jsonl")
@@ -119,6 +121,7 @@ class Driver:
         self.succeeded = False
         self.probe = new_probe_token()
         self.job_dir: Optional[JobDir] = None
+        self.seen_roots: List[str] = []  # where files that workers report may lie (see _sees)
         self.staging = Staging(self.splits)
         self.scheduler.sees = self._sees
         self.welcome_frame = protocol.encode(protocol.Welcome(
@@ -149,6 +152,10 @@ class Driver:
                 log.info("removed %s, left by a job that failed or was killed", path)
             self.job_dir = JobDir(self.plan.work_dir, self.plan.job_id)
             write_probe(self.job_dir.path, self.probe)  # workers that read it there keep map output here
+        self.seen_roots = [os.path.realpath(d) + os.sep for d in (
+            self.output.temp_dir, os.path.join(default_work_dir(), self.plan.job_id),
+            os.path.join(self.plan.work_dir, self.plan.job_id) if self.plan.work_dir else None) if d]
+        raise_file_limit()  # every connection, even one that never speaks, holds a descriptor
         self.context = zmq.Context()
         if self.settings.curve is not None:  # the ZAP handler runs before anyone can connect
             self.gate = Gate(self.context, self.settings.curve.authorized)
@@ -156,7 +163,8 @@ class Driver:
         serve(self.sock, self.settings.curve)
         self.sock.linger = 0
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_DRIVER_MESSAGE_BYTES)
+        self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)  # idle connections that never speak ZMTP go
         host = self.settings.bind_host
         address = f"[{host}]" if ":" in host else host
         try:
@@ -285,12 +293,11 @@ class Driver:
             self._carry_out([CommitOutput(outputs)], now)
 
     def _sees(self, path: str, size: int) -> bool:
-        """A file a worker reported is one the driver sees: in the job's directory of --work-dir (map
-        output) or in the output's temporary directory (reduce output), never anywhere else."""
+        """A file a worker reported is one the driver sees: in the output's temporary directory (reduce
+        output), or in this job's directory of the driver's --work-dir or of the default work dir of
+        workers on this host (map output); never anywhere else."""
         real = os.path.realpath(path)
-        ours = self.output.contains(real) or (self.job_dir is not None and
-                                              real.startswith(os.path.realpath(self.job_dir.path) + os.sep))
-        return ours and _sees(real, size)
+        return any(real.startswith(root) for root in self.seen_roots) and _sees(real, size)
 
     def close(self) -> None:
         self.staging.close()
@@ -335,7 +342,8 @@ class Driver:
             message = protocol.decode(body, protocol.TO_DRIVER)
         except ProtocolError as exc:
             self.bad.record(exc.reason, str(exc), now)
-            self._refuse_bad_hello(route, body, exc)
+            if exc.message_type == "hello":
+                self._refuse_bad_hello(route, exc)
             return
         if self.settings.curve is not None and isinstance(message, protocol.WorkerMessage) and \
                 not self._speaks_for_itself(message, user, now):
@@ -387,14 +395,8 @@ class Driver:
                                    message=f"the attempt's report was refused: {item.detail}"[:protocol.MAX_TEXT_LEN])
         return protocol.Failed(worker=item.worker, inc=item.inc, attempt=item.attempt, error=error)
 
-    def _refuse_bad_hello(self, route: bytes, body: bytes, error: ProtocolError) -> None:
+    def _refuse_bad_hello(self, route: bytes, error: ProtocolError) -> None:
         """A worker whose hello is refused is told why, rather than left waiting for a driver."""
-        try:
-            _, mtype, _ = protocol.peek_envelope(body)
-        except ProtocolError:
-            return
-        if mtype != "hello":
-            return
         if error.reason == "version":
             reason = f"protocol version mismatch: this driver speaks version {protocol.PROTOCOL_VERSION}"
         else:

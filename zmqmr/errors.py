@@ -24,9 +24,10 @@ class OutputError(UsageError):
 class ProtocolError(ZmqmrError):
     """A message that breaks the wire protocol; `reason` is a short counter name."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", message_type: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.message_type = message_type  # the frame's "t", when it got that far
 
 
 class UserCodeError(ZmqmrError):

@@ -30,7 +30,7 @@ from .usercode import user_traceback
 
 _HOST = socket.gethostname()
 REPORT_FLUSH_SECONDS = 0.02  # a batch's finished reports go back at least this often
-MAX_REPORT_BYTES = protocol.MAX_MESSAGE_BYTES - 64 * 1024  # room for the batch around it
+MAX_REPORT_BYTES = protocol.MAX_DRIVER_MESSAGE_BYTES - 64 * 1024  # room for the batch around it
 
 
 def map_output_dir(work_dir: str, job_id: str, index: int, attempt: int) -> str:

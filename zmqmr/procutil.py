@@ -10,6 +10,19 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
+def raise_file_limit() -> None:
+    """Lift this process's soft limit on open files to the hard one: the usual soft 1024 lets a
+    thousand idle connections to a listening socket starve the process of descriptors."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere).
 

@@ -20,6 +20,9 @@ PROTOCOL_VERSION = 3
 
 # Limits: named so that docs/protocol.md and the sockets use the same figures.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_DRIVER_MESSAGE_BYTES = 2 * 1024 * 1024  # what the driver takes: one message decodes to at most ~120 MB of
+# objects (an empty array is one byte); tasks and replies to workers may be bigger
+MAX_CONTAINERS = 200_000  # maps and arrays in one message (see _container_budget)
 MAX_NAME_LEN = 256
 MAX_PATH_LEN = 4096
 MAX_TEXT_LEN = 64 * 1024
@@ -439,7 +442,7 @@ class Segment:
     end: int = check(Int(0, 2**62))
     gzip: bool = check(Flag(), False)
     size: int = check(Int(-1, 2**62), -1)  # the whole file's, with mtime_ns: how a worker tells that its
-    mtime_ns: int = check(Int(-1, 2**64), -1)  # own copy of `path` is this file (-1: unknown)
+    mtime_ns: int = check(Int(-1, 2**62), -1)  # own copy of `path` is this file (-1: unknown)
 
 
 @dataclass(frozen=True)
@@ -913,10 +916,26 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError("malformed", f"msgpack extension type {code} is not allowed")
 
 
+def _container_budget():
+    """A hook for msgpack that counts the maps and arrays decoded, and stops past MAX_CONTAINERS.
+    An empty array is one byte but a Python object of 56: without a count, one frame within every
+    size limit could decode to hundreds of MB."""
+    left = MAX_CONTAINERS
+
+    def budget(obj):
+        nonlocal left
+        left -= 1
+        if left < 0:
+            raise ProtocolError("malformed", f"more than {MAX_CONTAINERS} maps and arrays in one message")
+        return obj
+    return budget
+
+
 def peek_envelope(frame: bytes) -> Tuple[Any, Any, Any]:
     """Decode a frame into (version, type, map) without checking the schema."""
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"{len(frame)} bytes")
+    budget = _container_budget()
     try:
         body = msgpack.unpackb(
             frame,
@@ -925,6 +944,8 @@ def peek_envelope(frame: bytes) -> Tuple[Any, Any, Any]:
             ext_hook=_no_ext,
             timestamp=0,
             max_ext_len=0,
+            list_hook=budget,
+            object_hook=budget,
         )
     except ProtocolError:
         raise
@@ -938,17 +959,21 @@ def peek_envelope(frame: bytes) -> Tuple[Any, Any, Any]:
 def decode(frame: bytes, allowed: Dict[str, Type[Message]]) -> Message:
     """Decode and validate one message frame, or raise ProtocolError with a reason."""
     version, mtype, body = peek_envelope(frame)
+    known = mtype if type(mtype) is str else ""
     if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError("version", f"protocol version {shown(version)}, expected {PROTOCOL_VERSION}")
+        raise ProtocolError("version", f"protocol version {shown(version)}, expected {PROTOCOL_VERSION}", known)
     cls = allowed.get(mtype) if isinstance(mtype, str) else None
     if cls is None:
-        raise ProtocolError("unknown_type", shown(mtype))
+        raise ProtocolError("unknown_type", shown(mtype), known)
     if cls is Batch:
         _inherit_identity(body)
     try:
         return from_fields(cls, body, mtype)
     except RecursionError:
-        raise ProtocolError("malformed", "nested too deeply") from None
+        raise ProtocolError("malformed", "nested too deeply", known) from None
+    except ProtocolError as exc:
+        exc.message_type = known
+        raise
 
 
 def _inherit_identity(body: Dict[str, Any]) -> None:

@@ -684,12 +684,38 @@ class Scheduler:
                         extra={"event": "rerun", "task": task.name, "worker": holder})
         self.maps_rerun += len(lost)
         self.map_generation += 1
+        actions: List[Action] = []
         if self.state == JobState.REDUCING:
             self.state = JobState.MAPPING
             for key in [k for k in self.ready if k[0] == REDUCE]:
                 self.ready.remove(key)
                 self.tasks[key].state = TaskState.BLOCKED
-        return self._wake_waiting()
+            actions += self._recall_fetching_reduces(holder)
+        return actions + self._wake_waiting()
+
+    def _recall_fetching_reduces(self, holder: str) -> List[Action]:
+        """Reduce attempts that have not reduced a key yet (queued, or still fetching) would wait out
+        their fetch retries on the lost output, holding their workers from the maps that re-make it:
+        cancel them, and they wait BLOCKED. Those already reducing hold all their input: they go on."""
+        actions: List[Action] = []
+        reason = f"map output it needs was lost with worker {holder}; it runs again once that is re-made"
+        for task in [t for t in self.tasks.values() if t.kind == REDUCE and t.state == TaskState.RUNNING
+                     and t.records == 0]:
+            for attempt, name in ((task.attempt, task.worker), (task.backup, task.backup_worker)):
+                if attempt is None:
+                    continue
+                self.attempts.pop(attempt, None)
+                self.progress.pop(attempt, None)
+                worker = self.workers.get(name)
+                if worker is not None:
+                    worker.running.discard(attempt)
+                    worker.queued.discard(attempt)
+                    actions.append(Send(name, protocol.Cancel(attempt=attempt, reason=reason, kind=REDUCE,
+                                                              index=task.index)))
+            task.state, task.attempt, task.worker, task.started_at = TaskState.BLOCKED, None, None, None
+            task.backup = task.backup_worker = None
+            log.info("%s: %s", task.name, reason, extra={"event": "recalled", "task": task.name})
+        return actions
 
     # --- transitions -----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from .security import Curve, serve
 
 log = logging.getLogger("zmqmr.shuffle")
 
-FETCH_NAME = re.compile(r"([0-9a-f]{12})/map-(\d{5,8})-a(\d{1,19})/part-(\d{5,8})\.mpk")
+FETCH_NAME = re.compile(r"([0-9a-f]{12})/map-([0-9]{5,8})-a([0-9]{1,19})/part-([0-9]{5,8})\.mpk")
 REFUSAL_LOG_LIMIT = 20  # refusals logged one by one; then only counted
 
 

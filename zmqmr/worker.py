@@ -22,6 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 from . import __version__, protocol
 from .errors import ProtocolError, UsageError
 from .executor import Executor, map_output_dir, reduce_output_path
+from .procutil import raise_file_limit
 from .shuffle import ShuffleService
 from .security import Curve, CurveKeys, Gate, connect_as
 from .workdir import JobDir, default_work_dir, remove_stale, shares
@@ -35,7 +36,7 @@ LONG_TASK = 1.0  # seconds: past this, a worker holds no task beyond the one it 
 PREFETCH = 32  # tasks held at most (running and queued), when tasks are short
 EXECUTOR_BATCH = 16  # short tasks handed to the task process at once
 FIRST_TASKS = 1  # held while nothing is known of the tasks' length
-BATCH_BYTES = protocol.MAX_MESSAGE_BYTES - 64 * 1024
+BATCH_BYTES = protocol.MAX_DRIVER_MESSAGE_BYTES - 64 * 1024
 HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -127,6 +128,7 @@ class Worker:
         """Work until the driver says the job is over (0) or falls silent (1)."""
         # The task process is forked before any ZeroMQ context exists in this process.
         self.executor = Executor(self.name, self.inc, "fork", self.settings.driver, self.settings.curve_keys)
+        raise_file_limit()  # the shuffle service's connections hold descriptors too
         self.context = zmq.Context()
         keys = self.settings.curve_keys
         self.gate = Gate(self.context) if keys is not None else None  # admits the driver's keys, from welcome
