@@ -10,6 +10,7 @@ import socket
 import textwrap
 
 import msgpack
+import pytest
 import zmq
 
 from zmqmr import protocol, status
@@ -550,8 +551,10 @@ def test_two_live_workers_with_one_name_do_not_break_the_job(procs, tmp_path):
     assert len(refused) == 1 and "give each worker its own --name" in refused[0].stderr
 
 
-def test_a_driver_killed_halfway_resumes_without_redoing_finished_maps(procs, tmp_path):
-    """SIGKILL the driver after half the maps finished; start it again with the same command.
+@pytest.mark.parametrize("stop", ["kill", "ctrl-c"])
+def test_a_driver_killed_halfway_resumes_without_redoing_finished_maps(procs, tmp_path, stop):
+    """SIGKILL the driver after half the maps finished (or Ctrl-C it: it tells its workers to leave, and
+    they must leave the finished maps' output behind); start it again with the same command.
     Each map attempt leaves a marker file, as a user would count them."""
     inputs = tmp_path / "input"
     corpus = make_corpus(inputs, files=8, lines=150)
@@ -587,8 +590,16 @@ def test_a_driver_killed_halfway_resumes_without_redoing_finished_maps(procs, tm
                 if '"finished"' in line and '"map"' in line]
 
     wait_for(lambda: len(finished_maps()) >= 4, 60, "half the maps to finish")
-    driver.kill()
-    driver.wait(timeout=10)
+    if stop == "kill":
+        driver.kill()
+        driver.wait(timeout=10)
+    else:
+        driver.send_signal(signal.SIGINT)
+        assert finish(driver).returncode == 130
+        for worker in workers:
+            assert finish(worker).returncode == 1  # told to leave: the job did not end
+        workers = [procs.start(zmqmr_command("worker", "--driver", endpoint, "--driver-timeout", 60))
+                   for _ in range(2)]
     finished_files = {corpus[m["index"]] for m in finished_maps()}
     restarted = procs.start(command)
     result = finish(restarted)

@@ -242,3 +242,81 @@ def test_reduce_output_reaches_the_driver_whole(tmp_path, size):
         peers.close()
         driver.close()
     assert target.read_bytes() == data
+
+
+def test_a_late_chunk_after_an_upload_finished_changes_nothing(tmp_path):
+    """A retried upload finished first; chunks of the first try, still on their way, come after."""
+    staging = Staging([()])
+    target = str(tmp_path / "attempt-3" / "part-00000")
+    first = protocol.Upload(worker="w", inc="i", attempt=3, offset=0, data=b"a" * 10)
+    last = protocol.Upload(worker="w", inc="i", attempt=3, offset=10, data=b"b" * 5, last=True)
+    assert staging.receive(first, target).received == 10
+    assert staging.receive(last, target).done
+    late = staging.receive(first, target)
+    assert late.done and late.received == 15 and not late.error
+    assert open(target, "rb").read() == b"a" * 10 + b"b" * 5
+    staging.close()
+
+
+def test_progress_is_read_in_the_staged_copy_of_a_segment(tmp_path):
+    """A worker that staged a segment works out where a record starts in its copy, not in a file at the
+    driver's path that this host does not have (or has another of)."""
+    from zmqmr.executor import as_read, attempt_scratch, staged_input_path
+
+    segment = protocol.Segment(key="in.txt", path="/only/on/the/driver/in.txt", start=0, end=10)
+    task = protocol.Task(job_id=JOB, kind="map", index=1, attempt=7, segments=(segment, segment))
+    assert as_read(task, str(tmp_path), JOB) == task
+    scratch = attempt_scratch(str(tmp_path), JOB, "map", 7)
+    os.makedirs(scratch)
+    open(staged_input_path(scratch, 1), "wb").close()
+    read = as_read(task, str(tmp_path), JOB)
+    assert [s.path for s in read.segments] == [segment.path, staged_input_path(scratch, 1)]
+    assert [s.key for s in read.segments] == ["in.txt", "in.txt"]
+
+
+def test_peers_waiting_for_credit_are_not_taken_for_silent_ones(tmp_path, monkeypatch):
+    """Six slow but steady services, more than the in-flight limit serves at once: none is asked again on
+    a fresh socket (that would spend its retries, and a real hiccup later would lose its output)."""
+    monkeypatch.setattr(transfer, "MAX_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(transfer, "REPLY_TIMEOUT", 0.5)
+    fresh = []
+    real_socket = Peers.socket
+
+    def counting(self, endpoint, fresh_socket=False, server_key=b""):
+        if fresh_socket:
+            fresh.append(endpoint)
+        return real_socket(self, endpoint, fresh_socket, server_key)
+    monkeypatch.setattr(Peers, "socket", counting)
+    context, stop = zmq.Context(), threading.Event()
+
+    def serve(sock):
+        while not stop.is_set():
+            if sock.poll(20):
+                route, body = sock.recv_multipart()
+                fetch = protocol.decode(body, protocol.TO_SHUFFLE)
+                threading.Event().wait(0.15)  # a busy disk: slow, never silent
+                sock.send_multipart([route, protocol.encode(protocol.Chunk(
+                    tag=fetch.tag, offset=fetch.offset, data=b"x" * fetch.length,
+                    eof=fetch.offset + fetch.length >= 12000))])
+    endpoints, threads, socks = [], [], []
+    for _ in range(6):
+        sock = context.socket(zmq.ROUTER)
+        socks.append(sock)
+        endpoints.append(f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}")
+        threads.append(threading.Thread(target=serve, args=(sock,), daemon=True))
+        threads[-1].start()
+    sources = [protocol.MapOutput(map=i, path=f"/elsewhere/{JOB}/map-{i:05d}-a{i}/part-00000.mpk", size=12000,
+                                  shuffle=endpoint) for i, endpoint in enumerate(endpoints)]
+    peers = Peers()
+    try:
+        paths = fetch_map_outputs(sources, str(tmp_path / "f"), peers)
+    finally:
+        peers.close()
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        for sock in socks:
+            sock.close(linger=0)
+        context.term()
+    assert [os.path.getsize(p) for p in paths] == [12000] * 6
+    assert fresh == []

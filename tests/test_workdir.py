@@ -4,6 +4,9 @@ removed by the next job or `zmqmr-worker --clean`, and nothing else ever is."""
 from __future__ import annotations
 
 import os
+import stat
+
+import pytest
 
 from zmqmr.cli import worker_main
 from zmqmr.workdir import PROBE_NAME, JobDir, remove_stale, shares, write_probe
@@ -55,3 +58,30 @@ def test_a_worker_shares_a_directory_only_if_it_reads_the_drivers_token(tmp_path
     assert not shares(str(tmp_path), "")
     (tmp_path / PROBE_NAME).write_bytes(b"\xff\xfe")
     assert not shares(str(tmp_path), "f00d" * 8)
+
+
+def test_a_job_dir_is_removed_only_by_the_last_process_holding_it(tmp_path):
+    first, second = JobDir(str(tmp_path), "0123456789ab"), JobDir(str(tmp_path), "0123456789ab")
+    (tmp_path / "0123456789ab" / "map-00001-a1").mkdir()
+    assert not first.remove_if_last()  # the other one still needs its files
+    assert os.path.isdir(second.path)
+    assert second.remove_if_last()
+    assert not os.path.exists(second.path)
+
+
+def test_the_default_work_dir_is_private_and_never_one_someone_else_made(tmp_path):
+    from zmqmr.workdir import private_dir
+
+    made = private_dir(str(tmp_path / "mine"))
+    assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o777)
+    os.chmod(loose, 0o777)
+    private_dir(str(loose))
+    assert stat.S_IMODE(os.stat(loose).st_mode) == 0o700  # ours: tightened
+    os.symlink(loose, tmp_path / "link")
+    with pytest.raises(OSError, match="not a directory of this user's"):
+        private_dir(str(tmp_path / "link"))
+    os.chown(loose, 12345, 12345)
+    with pytest.raises(OSError, match="not a directory of this user's"):
+        private_dir(str(loose))

@@ -231,6 +231,8 @@ class Driver:
                 if self.journal is not None:
                     self.journal.sync()
                 self._forget_routes()
+                if self.staging.uploads:
+                    self.staging.keep_only(self.scheduler.attempts)
                 if watched:  # nobody reads snapshots otherwise; a status query builds its own
                     self.monitor.refresh(now)
         except KeyboardInterrupt:
@@ -275,7 +277,7 @@ class Driver:
         scheduler.adopt_below = replay.attempts_below
         finished = {(f.kind, f.index): f for f in replay.finished}
         for f in finished.values():
-            if f.kind == MAP and all(os.path.isfile(p.path) for p in f.parts):
+            if f.kind == MAP and all(self._sees(p.path, p.size) for p in f.parts):
                 scheduler.restore_finished(MAP, f.index, f.parts, f.stats, f.counters, f.bad_records, f.bad_count,
                                            f.attempt)
         if scheduler.finished_counts[MAP] == scheduler.num_maps:
@@ -377,7 +379,7 @@ class Driver:
             self.bad.record("impersonation", f"a message for worker {message.worker!r} from another key", now)
             return False
         if isinstance(message, protocol.Hello):
-            if message.shuffle_key and message.shuffle_key != user:
+            if message.shuffle_key != user:  # reducers connect to its service with this key
                 self.bad.record("impersonation", f"worker {message.worker!r} offers a shuffle key not its own", now)
                 return False
             if len(self.identities) >= 2 * protocol.MAX_WORKERS:

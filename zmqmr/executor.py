@@ -8,6 +8,7 @@ items of the worker's next batch to the driver) the other.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -121,6 +122,24 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
     return protocol.Failed(worker=worker, inc=inc, attempt=task.attempt, error=error)
 
 
+def staged_input_path(scratch: str, segment: int) -> str:
+    """Where a map attempt keeps its copy of a segment read from the driver (see --staging)."""
+    return os.path.join(scratch, f"input-{segment:05d}")
+
+
+def as_read(task: protocol.Task, work_dir: str, job_id: str) -> protocol.Task:
+    """The task as its attempt reads it: segments copied from the driver point at their copies, so a
+    record's position is worked out in the bytes the attempt reads."""
+    if task.kind != "map":
+        return task
+    scratch = attempt_scratch(work_dir, job_id, "map", task.attempt)
+    staged = [staged_input_path(scratch, i) for i in range(len(task.segments))]
+    if not any(os.path.exists(p) for p in staged):
+        return task
+    return dataclasses.replace(task, segments=tuple(
+        dataclasses.replace(s, path=p) if os.path.exists(p) else s for s, p in zip(task.segments, staged)))
+
+
 def _check_output_dir(output_dir: str, job_id: str) -> None:
     """A reduce writes only into OUTPUT/_temporary/JOB: whatever a driver sends, nowhere else."""
     parent, name = os.path.split(os.path.normpath(output_dir))
@@ -135,7 +154,7 @@ def _reachable_segments(welcome: protocol.Welcome, task: protocol.Task, scratch:
     segments = list(task.segments)
     for i, segment in enumerate(segments):
         if welcome.staging == "always" or not readable_input(segment):
-            segments[i] = stage_segment(segment, i, task.attempt, os.path.join(scratch, f"input-{i:05d}"),
+            segments[i] = stage_segment(segment, i, task.attempt, staged_input_path(scratch, i),
                                         reach.driver, reach.worker, reach.inc, reach.peers or Peers())
     return segments
 

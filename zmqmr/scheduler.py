@@ -875,6 +875,7 @@ class Scheduler:
 
     def _open_reduce_phase(self, now: float) -> List[Action]:
         self.state = JobState.REDUCING
+        self.map_generation += 1  # where map output lives is settled again: reduce tasks read it afresh
         self.reduce_opened_at = now
         blocked = [t for t in self.tasks.values() if t.kind == REDUCE and t.state == TaskState.BLOCKED]
         log.info("all %d map tasks finished; starting %d reduce tasks", self.num_maps, len(blocked))

@@ -22,6 +22,7 @@ class Staging:
         self.splits = splits
         self.inputs: "OrderedDict[str, int]" = OrderedDict()  # path -> fd, least recently used first
         self.uploads: Dict[int, Tuple[int, int]] = {}  # attempt -> (fd, bytes received)
+        self.uploaded: Dict[int, int] = {}  # attempt -> size, once its last chunk is on disk
         self.bytes_sent = self.bytes_received = 0
 
     def read_input(self, request: protocol.ReadInput, index: int) -> protocol.Chunk:
@@ -55,6 +56,8 @@ class Staging:
     def receive(self, chunk: protocol.Upload, path: str) -> protocol.UploadAck:
         """Write a chunk of a reduce attempt's output at `path` (the driver's choice); fsync at the last.
         A chunk may come again after the worker's retry: bytes are written where they belong."""
+        if chunk.attempt in self.uploaded:  # a chunk again, late, after a retry finished: change nothing
+            return protocol.UploadAck(attempt=chunk.attempt, received=self.uploaded[chunk.attempt], done=True)
         fd, received = self.uploads.get(chunk.attempt, (-1, 0))
         if chunk.offset > received:
             return protocol.UploadAck(attempt=chunk.attempt, received=received,
@@ -62,7 +65,7 @@ class Staging:
         try:
             if fd < 0:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)  # cut to size at the last chunk
             os.pwrite(fd, chunk.data, chunk.offset)
             received = max(received, chunk.offset + len(chunk.data))
             self.bytes_received += len(chunk.data)
@@ -71,6 +74,7 @@ class Staging:
                 os.fsync(fd)
                 os.close(fd)
                 self.uploads.pop(chunk.attempt, None)
+                self.uploaded[chunk.attempt] = received
                 return protocol.UploadAck(attempt=chunk.attempt, received=received, done=True)
         except OSError as exc:
             if fd >= 0:
@@ -80,6 +84,12 @@ class Staging:
                                       error=f"the driver cannot write {path}: {exc.strerror}")
         self.uploads[chunk.attempt] = (fd, received)
         return protocol.UploadAck(attempt=chunk.attempt, received=received)
+
+    def keep_only(self, live) -> None:
+        """Close the uploads of attempts that ended without finishing them (lost, cancelled, failed)."""
+        for attempt in [a for a in self.uploads if a not in live]:
+            fd, _ = self.uploads.pop(attempt)
+            os.close(fd)
 
     def close(self) -> None:
         for fd in self.inputs.values():

@@ -131,6 +131,8 @@ def _exchange(peers: Sequence[_Peer], sockets: Peers) -> None:
         in_flight = sum(len(p.flying) for p in live)
         for peer in live:
             while peer.todo and len(peer.flying) < CREDIT and in_flight < MAX_IN_FLIGHT:
+                if not peer.flying:  # silence counts from the oldest unanswered request, not from the start
+                    peer.last_heard = time.monotonic()
                 want = peer.todo.popleft()
                 want.tag = next(tags)
                 peer.flying[want.tag] = want

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from typing import List, Optional
 
@@ -54,9 +55,31 @@ class JobDir:
             os.close(self.fd)
             self.fd = None
 
-    def remove(self) -> None:
-        self.release()
+    def remove_if_last(self) -> bool:
+        """Remove the directory if no other process holds it (they may still need what is in it);
+        True if it was removed."""
+        if self.fd is None:
+            return False
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # from shared to exclusive, or not at all
+        except OSError:
+            self.release()
+            return False
         shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
+        return True
+
+
+def private_dir(path: str) -> str:
+    """`path` as a directory of this user's alone (mode 0700): a work dir in a shared place such as
+    /tmp must not be one that another user made, or can read or change."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise OSError(f"{path} is not a directory of this user's (someone else made it, or it is a link)")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
 
 
 def remove_stale(work_dir: str, keep: str = "") -> List[str]:

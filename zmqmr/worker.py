@@ -21,11 +21,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import __version__, protocol
 from .errors import ProtocolError, UsageError
-from .executor import Executor, map_output_dir, reduce_output_path
+from .executor import Executor, as_read, map_output_dir, reduce_output_path
 from .procutil import raise_file_limit
 from .shuffle import ShuffleService
 from .security import Curve, CurveKeys, Gate, connect_as
-from .workdir import JobDir, default_work_dir, remove_stale, shares
+from .workdir import JobDir, default_work_dir, private_dir, remove_stale, shares
 
 log = logging.getLogger("zmqmr.worker")
 
@@ -110,6 +110,8 @@ class Worker:
         self.shuffle: Optional[ShuffleService] = None
         self.handshake_logged = float("-inf")
         self.told_to_exit = False
+        self.job_succeeded = False  # told to exit because the job's output is committed
+        self.shares_driver_work_dir = False
         self.previous_job_id = ""  # the job of the driver that stopped knowing us
         self.recent_reports: Deque[bytes] = deque(maxlen=RECENT_REPORTS)
         self.bad_messages = 0
@@ -161,7 +163,7 @@ class Worker:
         try:
             self._say_hello()
             code = self._loop()
-            job_over = self.told_to_exit
+            job_over = self.told_to_exit and self.job_succeeded
             return code
         finally:
             self.executor.stop()
@@ -250,7 +252,8 @@ class Worker:
         if now >= self.last_sent + self.heartbeat_interval:
             running = self.executor.running_attempt()
             task = next((t for t in self.batch if t.attempt == running), None) if running else None
-            progress = self.executor.progress_of(task) if task is not None else None
+            progress = self.executor.progress_of(as_read(task, self._work_dir(), self.welcome.job_id)) \
+                if task is not None else None
             self._send(protocol.Heartbeat(worker=self.name, inc=self.inc, running=self._held(),
                                           queued=self._queued(), progress=(progress,) if progress else ()))
 
@@ -363,6 +366,7 @@ class Worker:
                 self._say_hello()
         elif isinstance(message, protocol.Exit):
             self.told_to_exit = True
+            self.job_succeeded = message.ok
             level = logging.INFO if message.ok else logging.ERROR
             log.log(level, "the driver says: %s; exiting", message.reason)
             return 0 if message.ok else 1
@@ -405,14 +409,18 @@ class Worker:
             if self.job_dir.job_id == welcome.job_id:
                 return
             self.job_dir.release()  # the driver runs another job now: the old one's files are garbage
-        if self.settings.work_dir:
-            root = self.settings.work_dir
-        elif welcome.work_dir and shares(os.path.join(welcome.work_dir, welcome.job_id), welcome.probe):
-            root = welcome.work_dir
-        else:
-            root = default_work_dir()
-        self.work_root = os.path.abspath(root)
-        self.job_dir = JobDir(self.work_root, welcome.job_id)
+        self.shares_driver_work_dir = False
+        try:
+            if self.settings.work_dir:
+                root = self.settings.work_dir
+            elif welcome.work_dir and shares(os.path.join(welcome.work_dir, welcome.job_id), welcome.probe):
+                root, self.shares_driver_work_dir = welcome.work_dir, True
+            else:
+                root = private_dir(default_work_dir())
+            self.work_root = os.path.abspath(root)
+            self.job_dir = JobDir(self.work_root, welcome.job_id)
+        except OSError as exc:
+            raise UsageError(f"cannot use the work dir {root}: {exc.strerror or exc}") from None
         for path in remove_stale(self.work_root, keep=welcome.job_id):
             log.info("removed %s, left by a job that failed or was killed", path)
         self.shuffle.serve_job(welcome.job_id, self.work_root)
@@ -532,8 +540,11 @@ class Worker:
         job in this work dir or `zmqmr-worker --clean` to remove."""
         if self.job_dir is None:
             return
-        if job_over:
-            self.job_dir.remove()
+        if job_over and not self.shares_driver_work_dir:  # the driver's own is the driver's to remove
+            if not self.job_dir.remove_if_last():
+                log.debug("other processes still use %s; the last one removes it", self.job_dir.path)
+        elif job_over:
+            self.job_dir.release()
         else:
             log.warning("left this worker's files for job %s in %s", self.job_dir.job_id, self.job_dir.path)
             self.job_dir.release()
