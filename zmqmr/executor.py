@@ -133,6 +133,8 @@ def as_read(task: protocol.Task, work_dir: str, job_id: str) -> protocol.Task:
     if task.kind != "map":
         return task
     scratch = attempt_scratch(work_dir, job_id, "map", task.attempt)
+    if not os.path.isdir(scratch):  # nothing staged (one look, however many segments)
+        return task
     staged = [staged_input_path(scratch, i) for i in range(len(task.segments))]
     if not any(os.path.exists(p) for p in staged):
         return task
