@@ -53,7 +53,6 @@ import json, sys, time
 from zmqmr import protocol
 from zmqmr.executor import Reach, run_assignment
 from zmqmr.job import spec_for
-from zmqmr.transfer import Peers
 job_file, limit, out_dir, sources = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 work = sys.argv[5]
 welcome = protocol.Welcome(job_id=sources[0]["job"], job=spec_for(job_file, memory_limit=limit), reducers=1,
@@ -62,7 +61,7 @@ task = protocol.Task(job_id=welcome.job_id, kind="reduce", index=0, attempt=99, 
                      sources=tuple(protocol.MapOutput(map=s["map"], path=s["path"], size=s["size"],
                                                       shuffle=s["shuffle"]) for s in sources))
 started = time.monotonic()
-report = run_assignment(welcome, task, work, "bench", "1", reach=Reach("bench", "1", "", Peers()))
+report = run_assignment(welcome, task, work, "bench", "1", reach=Reach("bench", "1"))
 seconds = time.monotonic() - started
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"type": report.TYPE, "seconds": seconds, "peak_kib": peak,
@@ -110,7 +109,7 @@ def run(args) -> None:
         sources = [{"job": JOB_ID, "map": m, "size": os.path.getsize(p), "shuffle": endpoint,
                     "path": "/on-another-host" + p} for m, p in enumerate(paths)]  # not readable here: fetched
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-c", REDUCE, job, str(limit), os.path.join(scratch, "out"),
+        result = subprocess.run([sys.executable, "-c", REDUCE, job, str(limit), os.path.join(scratch, "out", "_temporary", JOB_ID),
                                  json.dumps(sources), fetching], env=ENV, capture_output=True, text=True)
         wall = time.monotonic() - started
         if result.returncode != 0:

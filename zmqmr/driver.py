@@ -48,7 +48,7 @@ COUNTERS_FILE = "_counters.json"
 BAD_RECORDS_FILE = os.path.join("_bad_records", "bad-records.jsonl")
 
 
-def _sees(path: str, size: int) -> bool:
+def _has_size(path: str, size: int) -> bool:
     """The driver sees this file (of this size; -1: any)."""
     if size < 0:
         return os.path.isfile(path)
@@ -299,7 +299,7 @@ class Driver:
         output), or in this job's directory of the driver's --work-dir or of the default work dir of
         workers on this host (map output); never anywhere else."""
         real = os.path.realpath(path)
-        return any(real.startswith(root) for root in self.seen_roots) and _sees(real, size)
+        return any(real.startswith(root) for root in self.seen_roots) and _has_size(real, size)
 
     def close(self) -> None:
         self.staging.close()

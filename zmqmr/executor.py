@@ -15,7 +15,7 @@ import shutil
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from . import counters, protocol
@@ -55,7 +55,7 @@ class Reach:
     worker: str
     inc: str
     driver: str = ""
-    peers: Optional[Peers] = None
+    peers: Peers = field(default_factory=Peers)
 
 
 def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str,
@@ -89,13 +89,13 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
             done = dict(parts=tuple(parts))
         else:
             roots = [os.path.join(d, welcome.job_id) for d in (work_dir, welcome.work_dir) if d]
-            inputs = fetch_map_outputs(task.sources, os.path.join(scratch, "fetched"), reach.peers or Peers(), roots)
+            inputs = fetch_map_outputs(task.sources, os.path.join(scratch, "fetched"), reach.peers, roots)
             _check_output_dir(task.output_dir, welcome.job_id)
             out_path = reduce_output_path(task.output_dir, task.index, task.attempt)
             if _uploads(welcome, task.output_dir, reach):
                 local = os.path.join(scratch, os.path.basename(out_path))
                 stats = run_reduce(job, inputs, local, progress, bad, memory_limit=spec.memory_limit)
-                upload(local, task.attempt, reach.driver, worker, inc, reach.peers or Peers())
+                upload(local, task.attempt, reach.driver, worker, inc, reach.peers)
             else:
                 stats = run_reduce(job, inputs, out_path, progress, bad, memory_limit=spec.memory_limit)
             done = dict(output=out_path)
@@ -135,11 +135,12 @@ def as_read(task: protocol.Task, work_dir: str, job_id: str) -> protocol.Task:
     scratch = attempt_scratch(work_dir, job_id, "map", task.attempt)
     if not os.path.isdir(scratch):  # nothing staged (one look, however many segments)
         return task
-    staged = [staged_input_path(scratch, i) for i in range(len(task.segments))]
-    if not any(os.path.exists(p) for p in staged):
+    staged = [p if os.path.exists(p) else None
+              for p in (staged_input_path(scratch, i) for i in range(len(task.segments)))]
+    if not any(staged):
         return task
     return dataclasses.replace(task, segments=tuple(
-        dataclasses.replace(s, path=p) if os.path.exists(p) else s for s, p in zip(task.segments, staged)))
+        dataclasses.replace(s, path=p) if p else s for s, p in zip(task.segments, staged)))
 
 
 def _check_output_dir(output_dir: str, job_id: str) -> None:
@@ -157,7 +158,7 @@ def _reachable_segments(welcome: protocol.Welcome, task: protocol.Task, scratch:
     for i, segment in enumerate(segments):
         if welcome.staging == "always" or not readable_input(segment):
             segments[i] = stage_segment(segment, i, task.attempt, staged_input_path(scratch, i),
-                                        reach.driver, reach.worker, reach.inc, reach.peers or Peers())
+                                        reach.driver, reach.worker, reach.inc, reach.peers)
     return segments
 
 

@@ -252,7 +252,7 @@ class Worker:
         if now >= self.last_sent + self.heartbeat_interval:
             running = self.executor.running_attempt()
             task = next((t for t in self.batch if t.attempt == running), None) if running else None
-            progress = self.executor.progress_of(as_read(task, self._work_dir(), self.welcome.job_id)) \
+            progress = self.executor.progress_of(as_read(task, self.work_root, self.welcome.job_id)) \
                 if task is not None else None
             self._send(protocol.Heartbeat(worker=self.name, inc=self.inc, running=self._held(),
                                           queued=self._queued(), progress=(progress,) if progress else ()))
@@ -409,14 +409,13 @@ class Worker:
             if self.job_dir.job_id == welcome.job_id:
                 return
             self.job_dir.release()  # the driver runs another job now: the old one's files are garbage
-        self.shares_driver_work_dir = False
+        shared = bool(not self.settings.work_dir and welcome.work_dir and
+                      shares(os.path.join(welcome.work_dir, welcome.job_id), welcome.probe))
+        self.shares_driver_work_dir = shared
+        root = self.settings.work_dir or (welcome.work_dir if shared else default_work_dir())
         try:
-            if self.settings.work_dir:
-                root = self.settings.work_dir
-            elif welcome.work_dir and shares(os.path.join(welcome.work_dir, welcome.job_id), welcome.probe):
-                root, self.shares_driver_work_dir = welcome.work_dir, True
-            else:
-                root = private_dir(default_work_dir())
+            if not self.settings.work_dir and not shared:
+                private_dir(root)  # the default, in a shared place such as /tmp: this user's alone
             self.work_root = os.path.abspath(root)
             self.job_dir = JobDir(self.work_root, welcome.job_id)
         except OSError as exc:
@@ -426,9 +425,6 @@ class Worker:
         self.shuffle.serve_job(welcome.job_id, self.work_root)
         if self.gate is not None:
             self.gate.allow(key.encode() for key in welcome.peer_keys)
-
-    def _work_dir(self) -> str:
-        return self.work_root
 
     def _feed_executor(self) -> None:
         """Hand the task process its next tasks: a batch when tasks are short, else one. Never while
@@ -440,7 +436,7 @@ class Worker:
         if log.isEnabledFor(logging.DEBUG):
             for task in self.batch:
                 log.debug("running %s task %d (attempt %d)", task.kind, task.index, task.attempt)
-        self.executor.submit(self.welcome_frame, self.welcome.job_id, self.batch, self._work_dir())
+        self.executor.submit(self.welcome_frame, self.welcome.job_id, self.batch, self.work_root)
 
     def _on_executor_ready(self) -> None:
         reply = self.executor.receive()
@@ -523,7 +519,7 @@ class Worker:
     def _remove_attempt_files(self, kind: str, index: int, attempt: int, output_dir: str) -> None:
         if kind == "map" and self.welcome is not None:
             self.shuffle.withdraw(index, attempt)
-            shutil.rmtree(map_output_dir(self._work_dir(), self.welcome.job_id, index, attempt), ignore_errors=True)
+            shutil.rmtree(map_output_dir(self.work_root, self.welcome.job_id, index, attempt), ignore_errors=True)
         if output_dir:
             shutil.rmtree(os.path.dirname(reduce_output_path(output_dir, index, attempt)), ignore_errors=True)
 
