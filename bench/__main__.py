@@ -3,6 +3,7 @@
 - wordcount: zmqmr's word count beside Pool, sort | uniq -c, Dask bag and mrjob (see bench/wordcount.py).
 - memory: a reduce partition 4x the memory budget; the peak RSS of every process (see bench/memory.py).
 - dispatch, tiny: no-op tasks per second beside raw pyzmq; a tiny job's wall time (see bench/dispatch.py).
+- mapside: the obvious job's map side in one process, beside Pool's work and the mapper alone (bench/mapside.py).
 
 - straggler: one worker maps 20x slower; the job's wall time with and without speculation.
 - chaos: a word count over --corpus undisturbed, then while a worker is SIGKILLed and
@@ -151,10 +152,11 @@ def main() -> None:
     c.add_argument("--corpus", required=True, help="a directory of text")
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--every", type=float, default=2.0, help="seconds between kills")
-    from bench import cluster, dispatch, fuzz, memory, profile, shuffle, wordcount
+    from bench import cluster, dispatch, fuzz, mapside, memory, profile, shuffle, wordcount
 
     wordcount.add_parser(sub)
     memory.add_parser(sub)
+    mapside.add_parser(sub)
     profile.add_parser(sub)
     dispatch.add_parser(sub)
     shuffle.add_parser(sub)
