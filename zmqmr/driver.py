@@ -426,24 +426,30 @@ class Driver:
         """Carry out the actions; what goes to one worker leaves in as few frames as it can."""
         pending = deque(actions)
         outgoing: Dict[str, List] = {}  # worker -> messages (and the Welcome marker), in order
+        journal = self.journal
         while pending:
             action = pending.popleft()
-            if isinstance(action, Send):
+            kind = type(action)  # the actions are final classes: one lookup, not a chain of isinstance
+            if kind is Assign:
+                if journal is not None:
+                    journal.reserve(action.attempt + 1)
+                messages = outgoing.get(action.worker)
+                if messages is None:
+                    messages = outgoing[action.worker] = []
+                messages.append(action)
+            elif kind is TaskFinished:
+                if journal is not None:
+                    journal.finished(self._finished_record(action))
+            elif kind is Send:
                 outgoing.setdefault(action.worker, []).append(action.message)
-            elif isinstance(action, Assign):
-                if self.journal is not None:
-                    self.journal.reserve(action.attempt + 1)
-                outgoing.setdefault(action.worker, []).append(action)
-            elif isinstance(action, Greet):
+            elif kind is Greet:
                 outgoing.setdefault(action.worker, []).append(_WELCOME)
-            elif isinstance(action, CommitOutput):
+            elif kind is CommitOutput:
                 pending += self._commit(action, now)
-            elif isinstance(action, JobFinished):
+            elif kind is JobFinished:
                 self._on_finished(action)
-            elif isinstance(action, AttemptFailed):
+            elif kind is AttemptFailed:
                 self.monitor.attempt_failed(action)
-            elif isinstance(action, TaskFinished) and self.journal is not None:
-                self.journal.finished(self._finished_record(action))
             if not pending and outgoing:
                 for worker, messages in outgoing.items():
                     pending += self._deliver(worker, messages, sender, now)
@@ -455,12 +461,12 @@ class Driver:
         actions: List = []
         group: List[Tuple[protocol.Message, Optional[Assign]]] = []
         for message in messages:
-            if message is _WELCOME:
+            if type(message) is Assign:
+                group.append((self._task_message(message), message))
+            elif message is _WELCOME:
                 actions += self._send_group(worker, group, sender, now)
                 group = []
                 self._send_to(worker, self.welcome_frame, sender)
-            elif isinstance(message, Assign):
-                group.append((self._task_message(message), message))
             else:
                 group.append((message, None))
         return actions + self._send_group(worker, group, sender, now)
@@ -468,11 +474,16 @@ class Driver:
     def _send_group(self, worker: str, group: List[Tuple[protocol.Message, Optional[Assign]]],
                     sender: Tuple[str, bytes], now: float) -> List:
         actions: List = []
-        encoded: List[Tuple[bytes, Optional[Assign]]] = []
-        for message, assign in group:
+        if not group:
+            return actions
+        encode = protocol.encode if len(group) == 1 else protocol.encode_item
+        limit = protocol.MAX_MESSAGE_BYTES - BUNDLE_HEAD_BYTES
+        chunks: List[List[Tuple[bytes, Optional[Assign]]]] = [[]]
+        size = 0
+        for message, assign in group:  # bundles stay below the frame limit
             try:
-                item = protocol.encode(message) if len(group) == 1 else protocol.encode_item(message)
-                if len(item) > protocol.MAX_MESSAGE_BYTES - BUNDLE_HEAD_BYTES:
+                item = encode(message)
+                if len(item) > limit:
                     raise ProtocolError("too_large", f"{len(item)} bytes")
             except ProtocolError as exc:
                 if assign is not None:
@@ -481,16 +492,14 @@ class Driver:
                 else:
                     log.error("could not send a %s message to %s: %s", message.TYPE, worker, exc)
                 continue
-            encoded.append((item, assign))
-        chunks: List[List[Tuple[bytes, Optional[Assign]]]] = []
-        size = protocol.MAX_MESSAGE_BYTES
-        for item, assign in encoded:  # bundles stay below the frame limit
-            if size + len(item) > protocol.MAX_MESSAGE_BYTES - BUNDLE_HEAD_BYTES:
+            if size + len(item) > limit:
                 chunks.append([])
                 size = 0
             chunks[-1].append((item, assign))
             size += len(item)
         for chunk in chunks:
+            if not chunk:
+                continue
             frame = chunk[0][0] if len(group) == 1 else protocol.bundle_frame([item for item, _ in chunk])
             if not self._send_to(worker, frame, sender):
                 for _, assign in chunk:

@@ -74,12 +74,14 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
     bad = BadRecords(spec.skip_bad_records, task.skip) if spec.skip_bad_records >= 0 else None
     reach = reach or Reach(worker, inc)
     scratch = attempt_scratch(work_dir, welcome.job_id, task.kind, task.attempt)
+    staging = _segments_to_stage(welcome, task, reach) if task.kind == "map" else ()
+    uses_scratch = task.kind != "map" or bool(staging)  # a map attempt makes one only to stage input
     try:
         if job is None:
             job = load_job(spec)
         if task.kind == "map":
             out_dir = map_output_dir(work_dir, welcome.job_id, task.index, task.attempt)
-            segments = _reachable_segments(welcome, task, scratch, reach)
+            segments = _staged_segments(task, staging, scratch, reach)
             parts, stats = run_map(job, segments, welcome.reducers, out_dir, spec.encoding,
                                    spec.encoding_errors, progress, bad, memory_limit=spec.memory_limit)
             if bad is None:
@@ -117,7 +119,7 @@ def run_assignment(welcome: protocol.Welcome, task: protocol.Task, work_dir: str
         error = protocol.TaskError(kind=type(exc).__name__, message=_clip(f"internal error: {exc}"),
                                    traceback=_clip(user_traceback(exc)), host=_HOST)
     finally:
-        if os.path.isdir(scratch):
+        if uses_scratch and os.path.isdir(scratch):
             shutil.rmtree(scratch, ignore_errors=True)
     return protocol.Failed(worker=worker, inc=inc, attempt=task.attempt, error=error)
 
@@ -150,15 +152,22 @@ def _check_output_dir(output_dir: str, job_id: str) -> None:
         raise OSError(f"the driver named {output_dir!r} as the output directory, not OUTPUT/_temporary/{job_id}")
 
 
-def _reachable_segments(welcome: protocol.Welcome, task: protocol.Task, scratch: str, reach: Reach):
-    """The task's segments, those this host cannot read copied from the driver first (--staging)."""
+def _segments_to_stage(welcome: protocol.Welcome, task: protocol.Task, reach: Reach) -> Tuple[int, ...]:
+    """Which of the task's segments this host cannot read and must copy from the driver (--staging)."""
     if welcome.staging == "never" or not reach.driver:
+        return ()
+    return tuple(i for i, segment in enumerate(task.segments)
+                 if welcome.staging == "always" or not readable_input(segment))
+
+
+def _staged_segments(task: protocol.Task, staging: Tuple[int, ...], scratch: str, reach: Reach):
+    """The task's segments, those in `staging` copied from the driver first and read from their copies."""
+    if not staging:
         return task.segments
     segments = list(task.segments)
-    for i, segment in enumerate(segments):
-        if welcome.staging == "always" or not readable_input(segment):
-            segments[i] = stage_segment(segment, i, task.attempt, staged_input_path(scratch, i),
-                                        reach.driver, reach.worker, reach.inc, reach.peers)
+    for i in staging:
+        segments[i] = stage_segment(segments[i], i, task.attempt, staged_input_path(scratch, i),
+                                    reach.driver, reach.worker, reach.inc, reach.peers)
     return segments
 
 

@@ -31,7 +31,7 @@ MAX_LIST_LEN = 1_000_000
 MAX_ATTEMPT_ID = 2**62
 MAX_TASK_ID = 10_000_000
 MAX_COUNTERS = 1000
-MAX_PREFETCH = 64  # tasks a worker may ask for in one request
+MAX_PREFETCH = 256  # tasks a worker may ask for in one request
 MAX_BATCH_ITEMS = 1024  # messages in one batch or bundle
 MIN_MEMORY_LIMIT = 16 * 1024 * 1024  # a task process needs about this much for Python itself
 DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
@@ -432,7 +432,29 @@ def _compile_plain(record: type) -> Any:
 # --- records carried inside messages ---------------------------------------------
 
 
-@dataclass(frozen=True)
+def record(cls: type) -> type:
+    """`@dataclass(frozen=True)` with an `__init__` that stores every field in one step. The
+    dataclass's own sets them one `object.__setattr__` at a time, which costs twice as much, and a job
+    makes several records per task (its message, the report, the report's stats)."""
+    cls = dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    space: Dict[str, Any] = {"_set": object.__setattr__}
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.default is _MISSING:
+            params.append(f.name)
+        else:
+            space[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+    exec(f"def __init__(self, {', '.join(params)}):\n"
+         f"    _set(self, '__dict__', {{{', '.join(f'{n!r}: {n}' for n in names)}}})", space)
+    init = space["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init
+    return cls
+
+
+@record
 class Segment:
     """A byte range of one input file; `key` is the path as the user gave it."""
 
@@ -445,7 +467,7 @@ class Segment:
     mtime_ns: int = check(Int(-1, 2**62), -1)  # own copy of `path` is this file (-1: unknown)
 
 
-@dataclass(frozen=True)
+@record
 class JobSpec:
     """What a worker needs to load the user's code: a shipped file or a module name."""
 
@@ -458,7 +480,7 @@ class JobSpec:
     memory_limit: int = check(Int(MIN_MEMORY_LIMIT, 2**50), DEFAULT_MEMORY_LIMIT)  # bytes per task process
 
 
-@dataclass(frozen=True)
+@record
 class TaskError:
     """Why an attempt failed, in the words a user needs."""
 
@@ -469,7 +491,7 @@ class TaskError:
     host: str = check(Text(MAX_NAME_LEN), "")
 
 
-@dataclass(frozen=True)
+@record
 class PartFile:
     """One non-empty partition written by a map attempt, at `path` on the worker that ran it."""
 
@@ -478,7 +500,7 @@ class PartFile:
     size: int = check(Int(0, 2**62), 0)
 
 
-@dataclass(frozen=True)
+@record
 class MapOutput:
     """Where a reduce task finds one map task's file of its partition: `path` if it can read it (the
     same host, or shared storage; `size` tells), else fetched from `shuffle`, the map worker's service."""
@@ -490,7 +512,7 @@ class MapOutput:
     shuffle_key: str = check(Text(CURVE_KEY_LEN), "")  # with CURVE: that service's public key
 
 
-@dataclass(frozen=True)
+@record
 class CounterValue:
     """One named count of a finished attempt (see zmqmr.counters)."""
 
@@ -499,7 +521,7 @@ class CounterValue:
     value: int = check(Int(-(2**62), 2**62))
 
 
-@dataclass(frozen=True)
+@record
 class BadRecord:
     """A record the user's code failed on, skipped under --skip-bad-records."""
 
@@ -509,7 +531,7 @@ class BadRecord:
     traceback: str = check(Text(MAX_TEXT_LEN), "")
 
 
-@dataclass(frozen=True)
+@record
 class RecordPosition:
     """Where a record starts: the segment of the task's split and the byte offset."""
 
@@ -517,7 +539,7 @@ class RecordPosition:
     offset: int = check(Int(0, 2**62))
 
 
-@dataclass(frozen=True)
+@record
 class Progress:
     """How far a running attempt got: records read, and where the current one starts."""
 
@@ -530,7 +552,7 @@ class Progress:
     job_id: str = check(Text(64), "")
 
 
-@dataclass(frozen=True)
+@record
 class TaskStats:
     records_in: int = check(Int(0, 2**62), 0)
     bytes_in: int = check(Int(0, 2**62), 0)
@@ -541,12 +563,12 @@ class TaskStats:
 # --- messages ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Message:
     TYPE: ClassVar[str] = ""
 
 
-@dataclass(frozen=True)
+@record
 class WorkerMessage(Message):
     """Every message a worker sends names the worker and the process incarnation."""
 
@@ -554,7 +576,7 @@ class WorkerMessage(Message):
     inc: str = check(Text(64, 1))
 
 
-@dataclass(frozen=True)
+@record
 class Hello(WorkerMessage):
     """First message of a worker, and again after any `reregister`."""
 
@@ -566,7 +588,7 @@ class Hello(WorkerMessage):
     shuffle_key: str = check(Text(CURVE_KEY_LEN), "")  # with CURVE: the service's public key (the worker's own)
 
 
-@dataclass(frozen=True)
+@record
 class Request(WorkerMessage):
     """Ask for up to `want` more tasks; `running` lists every attempt the worker holds, and
     `queued` those of them that wait on the worker and have not started yet. `want` 0 asks
@@ -578,7 +600,7 @@ class Request(WorkerMessage):
     want: int = check(Int(0, MAX_PREFETCH), 1)
 
 
-@dataclass(frozen=True)
+@record
 class Heartbeat(WorkerMessage):
     """Sent when the worker has been silent for a heartbeat interval; carries task progress."""
 
@@ -588,7 +610,7 @@ class Heartbeat(WorkerMessage):
     progress: Tuple[Progress, ...] = check(ListOf(Nested(Progress), 1024), ())
 
 
-@dataclass(frozen=True)
+@record
 class Done(WorkerMessage):
     """An attempt finished: a map lists its partition files, a reduce its output file."""
 
@@ -605,7 +627,7 @@ class Done(WorkerMessage):
     bad_count: int = check(Int(0, 2**62), 0)  # may exceed len(bad_records), which is capped
 
 
-@dataclass(frozen=True)
+@record
 class Failed(WorkerMessage):
     """An attempt failed; `lost` means its process died rather than raised."""
 
@@ -617,7 +639,7 @@ class Failed(WorkerMessage):
     # reduce attempt could not fetch, after retries: that output is lost, not the reduce's fault
 
 
-@dataclass(frozen=True)
+@record
 class StatusQuery(Message):
     """From any client: `what` is job, workers, tasks, counters or task (with kind and index)."""
 
@@ -627,7 +649,7 @@ class StatusQuery(Message):
     index: int = check(Int(0, MAX_TASK_ID), 0)
 
 
-@dataclass(frozen=True)
+@record
 class Welcome(Message):
     TYPE: ClassVar[str] = "welcome"
     job_id: str = check(Text(64, 1))
@@ -642,7 +664,7 @@ class Welcome(Message):
     # the public keys the driver admits, which a worker's shuffle service admits too
 
 
-@dataclass(frozen=True)
+@record
 class Task(Message):
     """One attempt of a task. A map carries its segments, a reduce its input files."""
 
@@ -657,7 +679,7 @@ class Task(Message):
     skip: Tuple[RecordPosition, ...] = check(ListOf(Nested(RecordPosition)), ())  # records an attempt hung on
 
 
-@dataclass(frozen=True)
+@record
 class Wait(Message):
     """Nothing is READY: ask again after `retry_after` seconds, or on a `wake`."""
 
@@ -665,14 +687,14 @@ class Wait(Message):
     retry_after: float = check(Float(0, 3600))
 
 
-@dataclass(frozen=True)
+@record
 class Wake(Message):
     """Work became READY: a waiting worker should ask now."""
 
     TYPE: ClassVar[str] = "wake"
 
 
-@dataclass(frozen=True)
+@record
 class Cancel(Message):
     """Stop this attempt and remove its files: it timed out (and was counted as failed), or
     another attempt of the task finished first."""
@@ -684,14 +706,14 @@ class Cancel(Message):
     index: int = check(Int(0, MAX_TASK_ID), 0)
 
 
-@dataclass(frozen=True)
+@record
 class Ack(Message):
     """The driver's answer to a heartbeat: proof to the worker that the driver lives."""
 
     TYPE: ClassVar[str] = "ack"
 
 
-@dataclass(frozen=True)
+@record
 class Reregister(Message):
     """The driver does not know this worker (any more): send `hello` again."""
 
@@ -699,7 +721,7 @@ class Reregister(Message):
     reason: str = check(Text(MAX_TEXT_LEN), "")
 
 
-@dataclass(frozen=True)
+@record
 class Exit(Message):
     """The job is over (or this worker cannot take part): leave."""
 
@@ -708,7 +730,7 @@ class Exit(Message):
     ok: bool = check(Flag(), True)
 
 
-@dataclass(frozen=True)
+@record
 class StatusReply(Message):
     TYPE: ClassVar[str] = "status_reply"
     ok: bool = check(Flag())
@@ -719,7 +741,7 @@ class StatusReply(Message):
 # --- moving file bytes: staging through the driver, and the shuffle service -------------
 
 
-@dataclass(frozen=True)
+@record
 class ReadInput(WorkerMessage):
     """To the driver: bytes of segment `segment` of the map task that live attempt `attempt` runs,
     for a worker that cannot read the input file itself. Answered with `chunk`."""
@@ -732,7 +754,7 @@ class ReadInput(WorkerMessage):
     tag: int = check(Int(0, 2**62), 0)
 
 
-@dataclass(frozen=True)
+@record
 class Upload(WorkerMessage):
     """To the driver: bytes of reduce attempt `attempt`'s output, for a worker that cannot write into
     the output directory. `last` says this chunk ends the file. Answered with `upload_ack`."""
@@ -744,7 +766,7 @@ class Upload(WorkerMessage):
     last: bool = check(Flag(), False)
 
 
-@dataclass(frozen=True)
+@record
 class UploadAck(Message):
     """The driver has `received` bytes of the attempt's output; `done` once the last chunk is on disk."""
 
@@ -755,7 +777,7 @@ class UploadAck(Message):
     error: str = check(Text(MAX_TEXT_LEN), "")
 
 
-@dataclass(frozen=True)
+@record
 class Fetch(Message):
     """To a worker's shuffle service: bytes of a map output file it wrote, named by its path under
     that worker's work dir (JOB/map-NNNNN-aN/part-NNNNN). Answered with `chunk`."""
@@ -767,7 +789,7 @@ class Fetch(Message):
     tag: int = check(Int(0, 2**62), 0)
 
 
-@dataclass(frozen=True)
+@record
 class Chunk(Message):
     """The answer to `fetch` or `read_input`: the bytes at `offset` (fewer than asked only at the end
     of the file, then `eof`), or a non-empty `error` saying why the request was refused."""
@@ -780,7 +802,7 @@ class Chunk(Message):
     error: str = check(Text(MAX_TEXT_LEN), "")
 
 
-@dataclass(frozen=True)
+@record
 class Rejected(WorkerMessage):
     """Not a wire type: stands in for an item of a batch or bundle that failed validation, so the
     rest of the frame still counts. `attempt` is the item's attempt id where it had a valid one."""
@@ -791,7 +813,7 @@ class Rejected(WorkerMessage):
     attempt: Optional[int] = None
 
 
-@dataclass(frozen=True)
+@record
 class Items(Check):
     """The messages of a batch or bundle: each a map with its type under "t" and its fields.
 
@@ -826,7 +848,7 @@ def _identity(item: Any, name: str) -> str:
     return value if type(value) is str else ""
 
 
-@dataclass(frozen=True)
+@record
 class Batch(WorkerMessage):
     """Several messages of one worker in one frame: reports of finished attempts, then (usually)
     the next request. Items carry no `worker` or `inc`; they take the batch's."""
@@ -835,7 +857,7 @@ class Batch(WorkerMessage):
     items: Tuple[Message, ...] = check(Items(("done", "failed", "request")), ())
 
 
-@dataclass(frozen=True)
+@record
 class Bundle(Message):
     """Several driver messages for one worker in one frame, such as the tasks a request asked for."""
 

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from . import protocol
-from .protocol import TaskError
+from .protocol import TaskError, record
 
 log = logging.getLogger("zmqmr.scheduler")
 task_events = logging.getLogger("zmqmr.events.task")
@@ -139,20 +139,20 @@ class JobFailure:
 # --- actions the driver carries out ------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Send:
     worker: str
     message: protocol.Message
 
 
-@dataclass(frozen=True)
+@record
 class Greet:
     """Send the job's Welcome to this worker."""
 
     worker: str
 
 
-@dataclass(frozen=True)
+@record
 class Assign:
     """Send attempt `attempt` of task (`kind`, `index`) to this worker."""
 
@@ -162,14 +162,14 @@ class Assign:
     attempt: int
 
 
-@dataclass(frozen=True)
+@record
 class CommitOutput:
     """Every reduce task is FINISHED: move these files into the output directory."""
 
     reduce_outputs: Tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record
 class AttemptFailed:
     """Tell the user at once: an attempt failed (and whether the task will be retried)."""
 
@@ -181,7 +181,7 @@ class AttemptFailed:
     lost: bool
 
 
-@dataclass(frozen=True)
+@record
 class TaskFinished:
     """A task's winning attempt finished: worth journaling, so a restarted driver keeps it."""
 
@@ -190,7 +190,7 @@ class TaskFinished:
     attempt: int
 
 
-@dataclass(frozen=True)
+@record
 class JobFinished:
     ok: bool
     failure: Optional[JobFailure] = None
