@@ -21,7 +21,7 @@ import time
 from collections import Counter, deque
 from itertools import chain, repeat
 
-from bench.wordcount import DEFAULT_SOURCE, OBVIOUS_JOB, build_corpus, compile_package, parse_size
+from bench.wordcount import OBVIOUS_JOB, add_corpus_arguments, compile_package, corpus_of
 
 WORD = re.compile(r"[^\W\d_]+")
 
@@ -32,8 +32,7 @@ def run(args) -> None:
     from zmqmr.job import load_job, spec_for
     from zmqmr.tasks import run_map
 
-    corpus = build_corpus(args.corpus or DEFAULT_SOURCE, parse_size(args.size),
-                          args.build_dir or os.path.join(tempfile.gettempdir(), f"zmqmr-bench-corpus-{args.size}"))
+    corpus = corpus_of(args)
     scratch = tempfile.mkdtemp(prefix="bench-mapside-")
     try:
         job_file = os.path.join(scratch, "obvious.py")
@@ -81,8 +80,6 @@ def run(args) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("mapside", help="the obvious job's map side beside its floor, in one process")
-    p.add_argument("--corpus", help=f"a folder of text (default: {DEFAULT_SOURCE})")
-    p.add_argument("--size", default="16M", help="corpus size (files of 4 MiB)")
-    p.add_argument("--build-dir", help="where to build the corpus")
+    add_corpus_arguments(p, "16M")
     p.add_argument("--runs", type=int, default=5)
     p.set_defaults(func=run)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 
-from bench.wordcount import DEFAULT_SOURCE, build_corpus, parse_size
+from bench.wordcount import add_corpus_arguments, corpus_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "zmqmr") + os.sep
@@ -44,8 +44,7 @@ def owner(filename: str, job_file: str = "") -> str:
 
 
 def run(args) -> None:
-    corpus = build_corpus(args.corpus or DEFAULT_SOURCE, parse_size(args.size),
-                          args.build_dir or os.path.join(tempfile.gettempdir(), f"zmqmr-bench-corpus-{args.size}"))
+    corpus = corpus_of(args)
     scratch = tempfile.mkdtemp(prefix="bench-profile-")
     try:
         profiler = cProfile.Profile()
@@ -71,9 +70,7 @@ def run(args) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("profile", help="cProfile of a job's map and reduce tasks, run in this process")
-    p.add_argument("--corpus", help=f"a folder of text (default: {DEFAULT_SOURCE})")
-    p.add_argument("--size", default="32M", help="corpus size (files of 4 MiB)")
-    p.add_argument("--build-dir", help="where to build the corpus")
+    add_corpus_arguments(p, "32M")
     p.add_argument("--job", help="a job file or module (default: the built-in word count)")
     p.add_argument("--reducers", type=int, default=2)
     p.add_argument("--top", type=int, default=15)

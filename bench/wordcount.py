@@ -209,12 +209,22 @@ def compile_package() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "zmqmr")], check=True)
 
 
+def add_corpus_arguments(parser, size: str) -> None:
+    """--corpus, --size and --build-dir, as every benchmark that builds a corpus takes them."""
+    parser.add_argument("--corpus", help=f"a folder of text to build the corpus from (default: {DEFAULT_SOURCE})")
+    parser.add_argument("--size", default=size, help="corpus size, e.g. 64M, 256M, 1G (files of 4 MiB)")
+    parser.add_argument("--build-dir", help="where to build the corpus (default: a folder in the temp dir, reused)")
+
+
+def corpus_of(args) -> str:
+    """The corpus that `add_corpus_arguments`' options ask for, built (or reused) now."""
+    return build_corpus(args.corpus or DEFAULT_SOURCE, parse_size(args.size),
+                        args.build_dir or os.path.join(tempfile.gettempdir(), f"zmqmr-bench-corpus-{args.size}"))
+
+
 def run(args) -> None:
     compile_package()
-    source = args.corpus or DEFAULT_SOURCE
-    size = parse_size(args.size)
-    corpus = build_corpus(source, size, args.build_dir or os.path.join(tempfile.gettempdir(),
-                                                                         f"zmqmr-bench-corpus-{args.size}"))
+    corpus = corpus_of(args)
     total = sum(os.path.getsize(os.path.join(corpus, n)) for n in os.listdir(corpus) if not n.startswith("."))
     scratch = tempfile.mkdtemp(prefix="bench-wordcount-")
     out = os.path.join(scratch, "out")
@@ -262,9 +272,7 @@ def run(args) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("wordcount", help="word count against Pool, sort | uniq -c, Dask bag and mrjob")
-    p.add_argument("--corpus", help=f"a folder of text to build the corpus from (default: {DEFAULT_SOURCE})")
-    p.add_argument("--size", default="256M", help="corpus size, e.g. 64M, 256M, 1G (files of 4 MiB)")
-    p.add_argument("--build-dir", help="where to build the corpus (default: a folder in the temp dir, reused)")
+    add_corpus_arguments(p, "256M")
     p.add_argument("--runs", type=int, default=3, help="runs of each contestant (median printed)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these contestants")
